@@ -1,0 +1,31 @@
+//! The `berth` binary. Invoked as `berth-runtime` (symlink or copy), it speaks runc's exact
+//! command line at top level, so podman and containerd can use it as their OCI runtime;
+//! as `berth`, the same commands live under `berth oci`.
+
+mod cli;
+
+use std::ffi::OsString;
+use std::path::Path;
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let argv0 = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("berth")
+        .to_string();
+    if cli::oci::enters_container(&args) {
+        // Never run inside a container's namespaces from a writable host binary.
+        if let Err(e) = berth_runtime::sealed::ensure_sealed() {
+            eprintln!("berth: {e}");
+            std::process::exit(1);
+        }
+    }
+    let code = if argv0.starts_with("berth-runtime") || argv0 == "runc" {
+        cli::oci::main_runtime(args)
+    } else {
+        cli::main_berth(args)
+    };
+    std::process::exit(code);
+}
