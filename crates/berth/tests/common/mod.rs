@@ -1,0 +1,267 @@
+//! Test helpers: busybox bundles built from Debian's busybox-static, a runtime wrapper with
+//! its own state root, and guards that delete containers even when a test fails.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+pub const BUSYBOX: &str = "/bin/busybox";
+
+pub fn berth_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_berth"))
+}
+
+/// Skips (returns false) unless we are root with busybox-static installed.
+pub fn can_run() -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: needs root");
+        return false;
+    }
+    if !Path::new(BUSYBOX).exists() {
+        eprintln!("skipping: {BUSYBOX} missing (apt-get install busybox-static)");
+        return false;
+    }
+    true
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique container id: test name, our pid and a counter, so parallel tests never clash.
+pub fn unique_id(tag: &str) -> String {
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A bundle in a temporary directory (mode 0755 all the way, so an unprivileged
+/// container root can traverse it).
+pub struct Bundle {
+    pub dir: tempfile::TempDir,
+    pub spec: Value,
+}
+
+impl Bundle {
+    /// A busybox bundle; `userns` maps container root to host 100000-165535.
+    pub fn new(args: &[&str], userns: bool) -> Bundle {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-test-bundle-")
+            .tempdir()
+            .expect("creating bundle dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let rootfs = dir.path().join("rootfs");
+        make_rootfs(&rootfs);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let spec = berth_runtime::spec::example(&args, userns);
+        let b = Bundle { dir, spec };
+        if userns {
+            chown_tree(&b.rootfs(), 100000, 100000);
+        }
+        b
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
+    }
+
+    /// Writes config.json from `self.spec`.
+    pub fn write(&self) {
+        std::fs::write(
+            self.dir.path().join("config.json"),
+            serde_json::to_vec_pretty(&self.spec).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+pub fn make_rootfs(rootfs: &Path) {
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "root"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copying busybox");
+    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+        }
+    }
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnobody:x:65534:\n").unwrap();
+}
+
+pub fn chown_tree(p: &Path, uid: u32, gid: u32) {
+    let st = Command::new("chown")
+        .args(["-R", "-h", &format!("{uid}:{gid}")])
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// The runtime with a private state root; deletes every container it created on drop.
+pub struct Runtime {
+    pub root: tempfile::TempDir,
+    created: std::cell::RefCell<Vec<String>>,
+}
+
+impl Runtime {
+    pub fn new() -> Runtime {
+        Runtime {
+            root: tempfile::Builder::new()
+                .prefix("berth-test-root-")
+                .tempdir()
+                .unwrap(),
+            created: Default::default(),
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(berth_bin());
+        c.arg("oci").arg("--root").arg(self.root.path());
+        c
+    }
+
+    /// Runs `berth oci <args>`; remembers ids of create/run so Drop can clean up.
+    pub fn run(&self, args: &[&str]) -> Output {
+        if let Some(v) = args.first() {
+            if *v == "create" || *v == "run" {
+                if let Some(id) = args.last() {
+                    self.created.borrow_mut().push(id.to_string());
+                }
+            }
+        }
+        // Files, not pipes: a created container's init inherits our stdout/stderr and
+        // would keep a pipe open until it exits.
+        let out = tempfile::tempfile().unwrap();
+        let err = tempfile::tempfile().unwrap();
+        let status = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(err.try_clone().unwrap())
+            .status()
+            .expect("running berth");
+        Output {
+            status,
+            stdout: read_all(out),
+            stderr: read_all(err),
+        }
+    }
+
+    pub fn track(&self, id: &str) {
+        self.created.borrow_mut().push(id.to_string());
+    }
+
+    /// Runs and asserts success, returning stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "berth oci {args:?} failed: {}\nstdout: {}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs and asserts failure, returning stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "berth oci {args:?} should have failed; stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn state(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["state", id])).unwrap()
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        self.state(id)["status"].as_str().unwrap().to_string()
+    }
+
+    /// `run` of a bundle, returning (exit code, stdout, stderr).
+    pub fn run_bundle(&self, b: &Bundle, id: &str) -> (i32, String, String) {
+        b.write();
+        let out = self.run(&["run", "--bundle", b.path().to_str().unwrap(), id]);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn state_dir(&self, id: &str) -> PathBuf {
+        self.root.path().join(id)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for id in self.created.borrow().iter() {
+            let _ = self
+                .cmd()
+                .args(["delete", "--force", id])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn read_all(mut f: std::fs::File) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    let mut v = Vec::new();
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut v).unwrap();
+    v
+}
+
+/// Host cgroup directories of a container under a v1 controller (for leak checks).
+pub fn find_cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for ctrl in ["memory", "pids", "cpu", "freezer", "devices"] {
+        let base = Path::new("/sys/fs/cgroup").join(ctrl);
+        walk(&base, id, 0, &mut found);
+    }
+    found
+}
+
+fn walk(dir: &Path, id: &str, depth: usize, out: &mut Vec<PathBuf>) {
+    if depth > 6 {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            let p = e.path();
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(id))
+            {
+                out.push(p.clone());
+            }
+            walk(&p, id, depth + 1, out);
+        }
+    }
+}
