@@ -144,6 +144,13 @@ fn init_setup(chan: &Channel, args: &InitArgs<'_>) -> Result<Ready> {
         .as_ref()
         .ok_or_else(|| Error::Invalid("config.json: process: missing".into()))?;
     nix::unistd::setsid().map_err(sys("creating session"))?;
+    // Early, so createContainer hooks already see the container's names.
+    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        nix::unistd::sethostname(h).map_err(sys(format!("setting hostname {h:?}")))?;
+    }
+    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        set_domainname(d)?;
+    }
     // The host's /proc/self/fd, opened now: after pivot_root it is our only way to reopen
     // the exec fifo, whether or not the container mounts a /proc.
     let fifo_dir = match args.fifo {
@@ -204,12 +211,6 @@ fn init_setup(chan: &Channel, args: &InitArgs<'_>) -> Result<Ready> {
         write_sysctls(sysctl)?;
     }
     rootfs::finalize(spec)?;
-    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
-        nix::unistd::sethostname(h).map_err(sys(format!("setting hostname {h:?}")))?;
-    }
-    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
-        set_domainname(d)?;
-    }
     if !args.no_new_keyring {
         join_session_keyring(args.id)?;
     }

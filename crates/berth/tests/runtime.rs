@@ -551,15 +551,26 @@ fn hooks_run_in_order_with_state() {
     let l = log.path().join("log");
     let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} $(cat | grep -o '\"status\":\"[a-z]*\"') >> {}", l.display())]});
     let mut b = Bundle::new(&["true"], false);
+    b.spec["root"]["readonly"] = json!(false);
     b.spec["hooks"] = json!({
+        "prestart": [hook("prestart")],
         "createRuntime": [hook("createRuntime")],
+        // Runs in the container's namespaces before pivot_root: it sees the host's paths
+        // but the container's hostname.
+        "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", format!("echo createContainer $(hostname) >> {}", l.display())]}],
+        // Runs inside the container after pivot_root: only the container's files exist.
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /tmp/start-state"]}],
         "poststart": [hook("poststart")],
         "poststop": [hook("poststop")]
     });
     let (code, _, err) = rt.run_bundle(&b, &unique_id("hooks"));
     assert_eq!(code, 0, "{err}");
     let got = std::fs::read_to_string(&l).unwrap();
-    assert_eq!(got, "createRuntime \"status\":\"creating\"\npoststart \"status\":\"running\"\npoststop \"status\":\"stopped\"\n");
+    assert_eq!(got, "prestart \"status\":\"creating\"\ncreateRuntime \"status\":\"creating\"\ncreateContainer berth\npoststart \"status\":\"running\"\npoststop \"status\":\"stopped\"\n");
+    let start_state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.rootfs().join("tmp/start-state")).unwrap())
+            .unwrap();
+    assert!(start_state["id"].as_str().unwrap().starts_with("hooks-"));
 
     // A failing createRuntime hook aborts create and cleans up.
     b.spec["hooks"] = json!({"createRuntime": [{"path": "/bin/false"}]});
@@ -865,4 +876,90 @@ fn sysctl_hostname_domainname_and_readonly_proc_sys() {
     // The host's value is untouched: the sysctl is per network namespace.
     let host = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
     assert_ne!(host.trim(), "80");
+}
+
+#[test]
+fn joins_a_network_namespace_by_path() {
+    if !can_run() {
+        return;
+    }
+    struct NetNs(String);
+    impl Drop for NetNs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let name = unique_id("berth-test-netns");
+    let st = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ns = NetNs(name);
+    let path = format!("/run/netns/{}", ns.0);
+    let want = std::fs::metadata(&path)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let rt = Runtime::new();
+    // A user namespace too: the path is joined while still host root, then userns unshared.
+    let mut b = Bundle::new(&sh("readlink /proc/self/ns/net"), true);
+    for n in b.spec["linux"]["namespaces"].as_array_mut().unwrap() {
+        if n["type"] == "network" {
+            n["path"] = json!(path);
+        }
+    }
+    let (code, out, err) = rt.run_bundle(&b, &unique_id("netns"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("net:[{want}]"));
+}
+
+#[test]
+fn time_namespace_offsets() {
+    if !can_run() {
+        return;
+    }
+    let rt = Runtime::new();
+    let mut b = Bundle::new(&sh("cut -d. -f1 /proc/uptime"), false);
+    b.spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "time"}));
+    b.spec["linux"]["timeOffsets"] = json!({"boottime": {"secs": 86400000, "nanosecs": 0}});
+    let (code, out, err) = rt.run_bundle(&b, &unique_id("time"));
+    assert_eq!(code, 0, "{err}");
+    let inside: u64 = out.trim().parse().unwrap();
+    assert!(
+        inside >= 86_400_000,
+        "uptime {inside} lacks the boottime offset"
+    );
+}
+
+#[test]
+fn no_pivot_and_oom_score_adj() {
+    if !can_run() {
+        return;
+    }
+    let rt = Runtime::new();
+    let mut b = Bundle::new(
+        &sh("cat /proc/self/oom_score_adj; ls /; grep -c ' / ' /proc/self/mountinfo"),
+        false,
+    );
+    b.spec["process"]["oomScoreAdj"] = json!(500);
+    b.write();
+    let id = unique_id("nopivot");
+    let out = rt.ok(&[
+        "run",
+        "--no-pivot",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &id,
+    ]);
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(l[0], "500");
+    assert!(
+        l.contains(&"bin") && !l.contains(&"boot") && !l.contains(&"home"),
+        "{out}"
+    );
 }
