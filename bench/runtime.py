@@ -58,16 +58,23 @@ def one_run(cmd, bundle, name):
     counter[0] += 1
     cid = f"bench-{name}-{os.getpid()}-{counter[0]}"
     argv = cmd + ["run", "--bundle", bundle, cid]
-    # Started through static busybox's `env`: posix_spawn's child shares our (python's)
-    # memory until exec, which would make every ru_maxrss read as python's size.
-    spawn = [BUSYBOX, "env"] + argv
     t0 = time.perf_counter()
-    pid = os.posix_spawn(BUSYBOX, spawn, os.environ)
-    _, status, ru = os.wait4(pid, 0)
+    pid = os.posix_spawn(argv[0], argv, os.environ)
+    _, status, _ = os.wait4(pid, 0)
     dt = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{name} run failed (status {status}): {' '.join(argv)}")
-    return dt, ru.ru_maxrss
+    return dt
+
+
+def peak_rss(cmd, bundle, name):
+    """Peak RSS (KiB) of the runtime and the children it reaps, via `busybox time`: our own
+    children inherit python's memory high-water mark through fork, busybox's are small."""
+    counter[0] += 1
+    cid = f"bench-{name}-{os.getpid()}-{counter[0]}"
+    out = subprocess.run([BUSYBOX, "time", "-f", "%M"] + cmd + ["run", "--bundle", bundle, cid],
+                         capture_output=True, text=True, check=True)
+    return int(out.stderr.strip().splitlines()[-1])
 
 
 def batch(cmd, bundle, name, n, workers):
@@ -92,9 +99,9 @@ def main():
         one_run(cmd, bundle, name)
     for _ in range(a.runs):
         for name, cmd in rts.items():
-            dt, r = one_run(cmd, bundle, name)
-            times[name].append(dt)
-            rss[name] = max(rss[name], r)
+            times[name].append(one_run(cmd, bundle, name))
+    for name, cmd in rts.items():
+        rss[name] = max(peak_rss(cmd, bundle, name) for _ in range(5))
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
     seq = {k: batch(cmd, bundle, k, 50, 1) for k, cmd in rts.items()}
     par = {k: batch(cmd, bundle, k, 50, 2) for k, cmd in rts.items()}

@@ -18,7 +18,7 @@ use rustix::fs::OFlags;
 use crate::cgroups::Cgroup;
 use crate::error::{sys, Error, Result};
 use crate::sync::{Channel, Msg};
-use crate::{console, fds, hooks, namespaces, process, rootfs};
+use crate::{console, debug, fds, hooks, namespaces, process, rootfs};
 
 /// What the init needs; it is a forked copy of the parent, so this is plain memory.
 pub struct InitArgs<'a> {
@@ -67,6 +67,7 @@ fn stage1_inner(chan: &Channel, args: &InitArgs<'_>) -> Result<()> {
     }
     let flags = namespaces::new_flags(&nss);
     namespaces::unshare_new(flags)?;
+    debug::step(|| "stage-1: namespaces unshared".into());
     if namespaces::wants_new(&nss, LinuxNamespaceType::Time) {
         if let Some(off) = linux.and_then(|l| l.time_offsets().as_ref()) {
             namespaces::write_time_offsets(off)?;
@@ -179,6 +180,7 @@ fn init_setup(chan: &Channel, args: &InitArgs<'_>) -> Result<Ready> {
         cgroup: args.cgroup,
         new_cgroupns: namespaces::wants_new(&nss, LinuxNamespaceType::Cgroup),
     };
+    debug::step(|| "init: preparing rootfs".into());
     rootfs::prepare(&ctx)?;
 
     chan.send(&Msg::RunHooks)?;
@@ -194,6 +196,7 @@ fn init_setup(chan: &Channel, args: &InitArgs<'_>) -> Result<Ready> {
         hooks::run("createContainer", h, &state)?;
     }
     rootfs::pivot(args.rootfs, args.no_pivot)?;
+    debug::step(|| "init: pivoted".into());
 
     if proc_spec.terminal().unwrap_or(false) {
         let sock = args.console.ok_or_else(|| {

@@ -8,6 +8,7 @@ pub mod capabilities;
 pub mod cgroups;
 pub mod console;
 pub mod container;
+pub mod debug;
 pub mod error;
 pub mod fds;
 pub mod hooks;

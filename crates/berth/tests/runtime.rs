@@ -963,3 +963,26 @@ fn no_pivot_and_oom_score_adj() {
         "{out}"
     );
 }
+
+#[test]
+fn spec_devices_and_root_propagation() {
+    if !can_run() {
+        return;
+    }
+    let rt = Runtime::new();
+    let mut b = Bundle::new(&sh("stat -c '%F %t:%T %a %u' /dev/mynull; echo ok > /dev/mynull && echo wrote; awk '$5 == \"/\" {print $7}' /proc/self/mountinfo"), false);
+    // A device of the spec's own, with mode and owner; the cgroup allows it automatically
+    // even after the spec's "deny all".
+    b.spec["linux"]["devices"] = json!([{"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 0o620, "uid": 7}]);
+    b.spec["linux"]["rootfsPropagation"] = json!("private");
+    let (code, out, err) = rt.run_bundle(&b, &unique_id("devs"));
+    assert_eq!(code, 0, "{err}");
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(l[0], "character special file 1:3 620 7", "{out}");
+    assert_eq!(l[1], "wrote");
+    // Private: no "shared:N" or "master:N" tag on the root mount.
+    assert!(
+        !l[2].starts_with("shared:") && !l[2].starts_with("master:"),
+        "{out}"
+    );
+}

@@ -14,7 +14,7 @@ use crate::error::{sys, Error, Result};
 use crate::init::{self, InitArgs};
 use crate::state::{self, Saved, Status, EXEC_FIFO};
 use crate::sync::{self, Msg};
-use crate::{console, hooks, idmap, spec};
+use crate::{console, debug, hooks, idmap, spec};
 
 #[derive(Debug, Clone, Default)]
 pub struct CreateOpts {
@@ -70,6 +70,7 @@ pub fn create(opts: &CreateOpts) -> Result<Saved> {
         errno: crate::rootfs::io_errno(e),
     })?;
     let spec = spec::load(&bundle)?;
+    debug::step(|| format!("loaded {}/config.json", bundle.display()));
     let rootfs = spec::rootfs_path(&bundle, &spec);
     let rootfs = std::fs::canonicalize(&rootfs).unwrap_or(rootfs);
 
@@ -101,9 +102,11 @@ pub fn create(opts: &CreateOpts) -> Result<Saved> {
         .map(|p| p.to_string_lossy().into_owned());
     let cgroup = Cgroup::new(cg_path.as_deref(), &opts.id, opts.systemd_cgroup)?;
     cgroup.create()?;
+    debug::step(|| "cgroup created".into());
     undo.cgroup = Some(cgroup.clone());
     if let Some(res) = spec::cgroup_resources(&spec) {
         cgroup.set(&res)?;
+        debug::step(|| "cgroup limits written".into());
     }
 
     let fifo_path = dir.join(EXEC_FIFO);
@@ -208,6 +211,7 @@ fn drive(
 ) -> Result<()> {
     // In the cgroup before unsharing, so the cgroup namespace is rooted at it.
     cgroup.apply(stage1.as_raw())?;
+    debug::step(|| format!("stage-1 {stage1} added to cgroup"));
     chan.send(&Msg::Go)?;
     let linux = spec.linux().as_ref();
     let mut msg = chan.recv()?;
@@ -223,7 +227,10 @@ fn drive(
         msg = chan.recv()?;
     }
     match msg {
-        Some(Msg::Pid { pid }) => saved.pid = pid,
+        Some(Msg::Pid { pid }) => {
+            debug::step(|| format!("init is pid {pid}"));
+            saved.pid = pid
+        }
         Some(Msg::Error { msg }) => return Err(Error::Container(msg)),
         None => return Err(sync::SyncError::Eof { expected: "pid" }.into()),
         Some(got) => {
@@ -236,6 +243,7 @@ fn drive(
     }
     saved.pid_start = state::proc_stat(saved.pid).map(|s| s.1).unwrap_or(0);
     chan.expect("run_hooks")?;
+    debug::step(|| "init mounted the rootfs".into());
     let state_json = saved.oci_state(Status::Creating).to_string();
     if let Some(h) = spec.hooks().as_ref() {
         #[allow(deprecated)]
@@ -250,6 +258,7 @@ fn drive(
         state: saved.oci_state(Status::Created).to_string(),
     })?;
     chan.expect("ready")?;
+    debug::step(|| "init ready".into());
     let _ = root;
     Ok(())
 }

@@ -55,6 +55,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         // Other processes of a shared PID namespace may still sit in the cgroup.
         super::create::kill_cgroup(cg);
         cg.destroy()?;
+        crate::debug::step(|| "cgroup removed".into());
     }
     if let Some(h) = saved
         .spec

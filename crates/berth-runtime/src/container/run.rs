@@ -18,9 +18,14 @@ pub fn run(opts: &CreateOpts, detach: bool) -> Result<Exit> {
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("becoming child subreaper"))?;
     let saved = create(opts)?;
     let set = super::wait::block_signals()?;
-    let r = start(&opts.root, &opts.id).and_then(|_| super::forward_and_wait(saved.pid, &set));
+    let r = start(&opts.root, &opts.id).and_then(|_| {
+        crate::debug::step(|| "started".into());
+        super::forward_and_wait(saved.pid, &set)
+    });
+    crate::debug::step(|| "container exited".into());
     let _ = set.thread_unblock();
     let d = delete(&opts.root, &opts.id, true);
+    crate::debug::step(|| "deleted".into());
     let exit = r?;
     d?;
     Ok(exit)

@@ -31,6 +31,7 @@ pub struct RuntimeCli {
     /// Format of --log: text or json.
     #[arg(long = "log-format", global = true, default_value = "text")]
     log_format: String,
+    /// Print timestamped steps to stderr.
     #[arg(long, global = true)]
     debug: bool,
     /// Accepted for compatibility; cgroupsPath in "slice:prefix:name" form is mapped to
@@ -241,6 +242,9 @@ pub fn main_runtime(args: Vec<OsString>) -> i32 {
 }
 
 pub fn dispatch(cli: RuntimeCli) -> i32 {
+    if cli.debug {
+        berth_runtime::debug::enable();
+    }
     let log = Logger {
         file: cli.log.clone(),
         json: cli.log_format == "json",
