@@ -986,3 +986,40 @@ fn spec_devices_and_root_propagation() {
         "{out}"
     );
 }
+
+#[test]
+fn run_forwards_signals_to_the_container() {
+    if !can_run() {
+        return;
+    }
+    let rt = Runtime::new();
+    // PID 1 ignores signals it has no handler for, so the script installs one.
+    let b = Bundle::new(&sh("trap 'exit 3' TERM; echo ready; sleep 30 & wait"), true);
+    b.write();
+    let id = unique_id("sig");
+    rt.track(&id);
+    let mut child = rt
+        .cmd()
+        .args(["run", "--bundle", b.path().to_str().unwrap(), &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(3));
+    assert!(
+        !rt.state_dir(&id).exists(),
+        "run did not delete the container"
+    );
+}
