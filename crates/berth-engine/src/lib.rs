@@ -1,0 +1,1 @@
+//! berth-engine: containers as users drive them (docker/podman conventions).
