@@ -1,3 +1,4 @@
 //! berth-engine: containers as users drive them (docker/podman conventions).
 pub mod paths;
 pub mod record;
+pub mod runtime;
