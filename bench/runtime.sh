@@ -16,7 +16,7 @@ berth="$top/target/release/berth"
 work=$(mktemp -d /tmp/berth-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 : > "$work/empty"
-exec unshare -m --propagation private bash -c '
+unshare -m --propagation private bash -c '
   set -e
   mount --bind "$1/empty" /sys/fs/cgroup/unified/cgroup.controllers
   python3 "$2/runtime.py" --berth "$3" --work "$1" --runs "$4"
