@@ -88,7 +88,8 @@ impl FromStr for Reference {
         if let Some(t) = tag {
             let ok = !t.is_empty()
                 && t.len() <= 128
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
                 && !t.starts_with(['.', '-']);
             if !ok {
                 return Err(err("bad tag"));
@@ -110,12 +111,15 @@ impl FromStr for Reference {
         };
         let valid_component = |c: &str| {
             !c.is_empty()
-                && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
                 && c.as_bytes()[0].is_ascii_alphanumeric()
                 && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
         };
         if !repository.split('/').all(valid_component) {
-            return Err(err("repository must be lowercase letters, digits and separators"));
+            return Err(err(
+                "repository must be lowercase letters, digits and separators",
+            ));
         }
         Ok(Reference {
             registry,
@@ -137,22 +141,39 @@ mod tests {
     #[test]
     fn docker_conventions() {
         let b = r("busybox");
-        assert_eq!((b.registry.as_str(), b.repository.as_str()), ("docker.io", "library/busybox"));
+        assert_eq!(
+            (b.registry.as_str(), b.repository.as_str()),
+            ("docker.io", "library/busybox")
+        );
         assert_eq!(b.to_string(), "docker.io/library/busybox:latest");
         let l = r("localhost:5000/team/app:v1.2");
         assert_eq!(l.registry, "localhost:5000");
         assert_eq!(l.repository, "team/app");
         assert_eq!(l.tag.as_deref(), Some("v1.2"));
-        let d = r("quay.io/x/y@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        let d = r(
+            "quay.io/x/y@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        );
         assert!(d.digest.is_some() && d.tag.is_none());
-        assert_eq!(d.api_reference(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.api_reference(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(r("localhost/x").registry, "localhost");
         assert_eq!(r("user/app").repository, "user/app");
     }
 
     #[test]
     fn rejects_bad_references() {
-        for bad in ["", "UPPER", "a//b", "x:", "x:-bad", "x@sha256:zz", "a/../b", "-a"] {
+        for bad in [
+            "",
+            "UPPER",
+            "a//b",
+            "x:",
+            "x:-bad",
+            "x@sha256:zz",
+            "a/../b",
+            "-a",
+        ] {
             assert!(bad.parse::<Reference>().is_err(), "{bad}");
         }
     }

@@ -155,10 +155,6 @@ impl CgroupConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cgroup {
     layout: Layout,
-    /// The default path ("berth/<id>"): destroy also removes the shared "berth" parent once
-    /// it is empty, so no trace stays behind after the last container.
-    #[serde(default)]
-    prune_parent: bool,
 }
 
 /// A point-in-time reading for `berth stats`; None where the controller or file is absent.
@@ -239,10 +235,7 @@ impl Cgroup {
                 Layout::V1 { dirs }
             }
         };
-        Ok(Cgroup {
-            layout,
-            prune_parent: cgroups_path.is_none_or(str::is_empty) && !systemd_form,
-        })
+        Ok(Cgroup { layout })
     }
 
     pub fn mode(&self) -> CgroupMode {
@@ -334,11 +327,13 @@ impl Cgroup {
     /// Removes the container's directories, child cgroups first. Callers kill the processes
     /// first; directories still busy with exiting processes are retried for a while. Already
     /// removed directories are fine: delete is idempotent.
-    /// Best effort: rmdir fails harmlessly while other containers still use the parent,
-    /// and a concurrent create recreates it (mkdir_p retries on ENOENT).
+    /// Containers live under a shared "berth" directory (the default "berth/<id>", the
+    /// engine's "/berth/<id>"); the last one out removes it, so nothing stays behind.
+    /// Best effort: rmdir fails harmlessly while other containers still use it, and a
+    /// concurrent create recreates it (mkdir_p retries on ENOENT).
     fn prune(&self, dir: &Path) {
-        if self.prune_parent {
-            if let Some(parent) = dir.parent() {
+        if let Some(parent) = dir.parent() {
+            if parent.file_name().is_some_and(|n| n == "berth") {
                 let _ = std::fs::remove_dir(parent);
             }
         }
