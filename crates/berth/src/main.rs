@@ -15,14 +15,22 @@ fn main() {
         .and_then(|n| n.to_str())
         .unwrap_or("berth")
         .to_string();
-    if cli::oci::enters_container(&args) {
+    let runtime_mode = argv0.starts_with("berth-runtime") || argv0 == "runc";
+    // Only the runtime's own verbs enter containers; engine commands exec berth-runtime,
+    // which protects itself (and must keep a real /proc/self/exe to find its siblings).
+    let oci_args = if runtime_mode {
+        Some(&args[..])
+    } else {
+        args.iter().position(|a| a == "oci").map(|i| &args[i..])
+    };
+    if oci_args.is_some_and(cli::oci::enters_container) {
         // Never run inside a container's namespaces from a writable host binary.
         if let Err(e) = berth_runtime::sealed::ensure_sealed() {
             eprintln!("berth: {e}");
             std::process::exit(1);
         }
     }
-    let code = if argv0.starts_with("berth-runtime") || argv0 == "runc" {
+    let code = if runtime_mode {
         cli::oci::main_runtime(args)
     } else {
         cli::main_berth(args)

@@ -1,0 +1,472 @@
+//! `berth` as users drive it: images imported from a busybox rootfs, containers run,
+//! inspected, logged, exec'd into, stopped and removed, against the real kernel as root.
+//! Each test has its own --root and --runroot; the guard removes every container and
+//! unmounts anything left under them, even when an assertion fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+struct Berth {
+    dir: tempfile::TempDir,
+}
+
+impl Berth {
+    fn new() -> Option<Berth> {
+        if !can_run() {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("berth-engine-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        Some(Berth { dir })
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("lib")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(berth_bin());
+        c.arg("--root")
+            .arg(self.root())
+            .arg("--runroot")
+            .arg(self.dir.path().join("run"));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = tempfile::tempfile().unwrap();
+        let err = tempfile::tempfile().unwrap();
+        let status = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(err.try_clone().unwrap())
+            .status()
+            .unwrap();
+        Output {
+            status,
+            stdout: read(out),
+            stderr: read(err),
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "berth {args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Imports a busybox rootfs as `busybox:test`.
+    fn busybox(&self) {
+        let rootfs = self.dir.path().join("image-rootfs");
+        make_rootfs(&rootfs);
+        let tar = self.dir.path().join("busybox.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        self.ok(&["import", tar.to_str().unwrap(), "busybox:test"]);
+        std::fs::remove_dir_all(&rootfs).unwrap();
+    }
+}
+
+fn read(mut f: std::fs::File) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    let mut v = Vec::new();
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut v).unwrap();
+    v
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let ids = self.run(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).lines() {
+            let _ = self.run(&["rm", "-f", id]);
+        }
+        unmount_under(self.dir.path());
+    }
+}
+
+fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut targets: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|t| t.starts_with(dir.to_str().unwrap()))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|t| t.starts_with(dir.to_str().unwrap()))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn run_rm_prints_and_leaves_nothing() {
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "busybox:test",
+        "sh",
+        "-c",
+        "echo hello; echo pid=$$",
+    ]);
+    assert_eq!(out, "hello\npid=1\n");
+    assert_eq!(b.ok(&["ps", "-aq"]), "");
+    assert!(
+        mounts_under(b.dir.path()).is_empty(),
+        "{:?}",
+        mounts_under(b.dir.path())
+    );
+}
+
+#[test]
+fn exit_codes_follow_docker() {
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    assert_eq!(
+        b.run(&["run", "--rm", "busybox:test", "sh", "-c", "exit 3"])
+            .status
+            .code(),
+        Some(3)
+    );
+    let o = b.run(&["run", "--rm", "busybox:test", "no-such-command"]);
+    assert_eq!(
+        o.status.code(),
+        Some(127),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = b.run(&["run", "--rm", "busybox:test", "/etc/passwd"]);
+    assert_eq!(
+        o.status.code(),
+        Some(126),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = b.run(&["run", "--rm", "no-such-image-here:1"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(b.ok(&["ps", "-aq"]), "");
+}
+
+#[test]
+fn user_namespace_by_default_host_only_on_request() {
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    let out = b.ok(&["run", "--rm", "busybox:test", "cat", "/proc/self/uid_map"]);
+    let f: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert_eq!(f[0], 0);
+    assert!(
+        f[1] >= 100000,
+        "container root maps to host {}: {out}",
+        f[1]
+    );
+    assert_eq!(f[2], 65536);
+    // Files of the image appear owned by the container's root, without chown on disk.
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "busybox:test",
+        "sh",
+        "-c",
+        "stat -c %u /bin/busybox; touch /newfile && stat -c %u /newfile",
+    ]);
+    assert_eq!(out, "0\n0\n");
+    let o = b.run(&[
+        "run",
+        "--rm",
+        "--userns",
+        "host",
+        "busybox:test",
+        "cat",
+        "/proc/self/uid_map",
+    ]);
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", "0", "4294967295"]
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("WARNING"),
+        "no warning for host root"
+    );
+}
+
+#[test]
+fn secure_defaults_in_every_container() {
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    let out = b.ok(&["run", "--rm", "busybox:test", "sh", "-c", "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; wc -c < /proc/timer_list; echo x > /proc/sys/kernel/hostname 2>/dev/null || echo ro"]);
+    assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("\n0\nro\n"), "{out}");
+    // The default seccomp profile refuses what docker's refuses.
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "SYS_ADMIN",
+        "busybox:test",
+        "sh",
+        "-c",
+        "grep CapEff /proc/self/status",
+    ]);
+    assert!(out.contains("CapEff:\t00000000a82425fb"), "{out}");
+}
+
+#[test]
+fn sensitive_mounts_are_refused_unless_forced() {
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    for src in [
+        "/etc",
+        "/etc/passwd",
+        "/",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/root",
+        "/run",
+    ] {
+        let v = format!("{src}:/mnt");
+        let o = b.run(&["run", "--rm", "-v", &v, "busybox:test", "true"]);
+        assert_eq!(o.status.code(), Some(125), "{src} was mounted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--allow-sensitive-mount"), "{src}: {err}");
+    }
+    let o = b.run(&[
+        "run",
+        "--rm",
+        "--allow-sensitive-mount",
+        "-v",
+        "/etc/hostname:/h:ro",
+        "busybox:test",
+        "cat",
+        "/h",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("WARNING"));
+    // An ordinary directory is fine, read-only when asked.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("f"), "data\n").unwrap();
+    let v = format!("{}:/data:ro", data.path().display());
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &v,
+        "busybox:test",
+        "sh",
+        "-c",
+        "cat /data/f; touch /data/g 2>/dev/null || echo ro",
+    ]);
+    assert_eq!(out, "data\nro\n");
+}
+
+#[test]
+fn detached_lifecycle_logs_exec_stop_rm() {
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    let id = b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "busybox:test",
+        "sh",
+        "-c",
+        "echo started; echo oops >&2; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
+    let id = id.trim();
+    assert_eq!(id.len(), 64);
+    let ps = b.ok(&["ps", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(ps.lines().next().unwrap()).unwrap();
+    assert_eq!(v["Names"][0], "web");
+    assert_eq!(v["State"], "running");
+    assert_eq!(
+        b.ok(&["exec", "web", "sh", "-c", "echo in-exec $$"])
+            .split_whitespace()
+            .next(),
+        Some("in-exec")
+    );
+    assert_eq!(
+        b.run(&["exec", "web", "sh", "-c", "exit 5"]).status.code(),
+        Some(5)
+    );
+    // Name conflicts are refused.
+    let o = b.run(&["run", "-d", "--name", "web", "busybox:test", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already in use"));
+    // rm of a running container needs -f.
+    assert!(!b.run(&["rm", "web"]).status.success());
+    b.ok(&["stop", "-t", "5", "web"]);
+    let insp: serde_json::Value = serde_json::from_str(&b.ok(&["inspect", "web"])).unwrap();
+    assert_eq!(insp[0]["State"]["Status"], "exited");
+    assert_eq!(insp[0]["State"]["ExitCode"], 0);
+    let logs = b.ok(&["logs", "web"]);
+    assert_eq!(logs, "started\noops\nbye\n");
+    assert_eq!(b.ok(&["logs", "--tail", "1", "web"]), "bye\n");
+    let ts = b.ok(&["logs", "--timestamps", "web"]);
+    assert!(
+        ts.lines().all(|l| l.starts_with("20") && l.contains('T')),
+        "{ts}"
+    );
+    // Restart runs it again.
+    b.ok(&["start", "web"]);
+    assert!(b.ok(&["inspect", "web"]).contains("\"running\""));
+    b.ok(&["rm", "-f", "web"]);
+    assert_eq!(b.ok(&["ps", "-aq"]), "");
+    assert!(mounts_under(b.dir.path()).is_empty());
+}
+
+#[test]
+fn oom_kill_shows_as_137() {
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    // `tail` buffers a line that never ends: memory grows until the limit.
+    let o = b.run(&[
+        "run",
+        "--name",
+        "hog",
+        "--memory",
+        "32m",
+        "--memory-swap",
+        "32m",
+        "busybox:test",
+        "tail",
+        "/dev/zero",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(137),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let insp: serde_json::Value = serde_json::from_str(&b.ok(&["inspect", "hog"])).unwrap();
+    assert_eq!(insp[0]["State"]["OOMKilled"], true, "{insp}");
+    b.ok(&["rm", "hog"]);
+}
+
+#[test]
+fn stats_wait_and_kill() {
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "s",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "50",
+        "busybox:test",
+        "sleep",
+        "30",
+    ]);
+    let out = b.ok(&["stats", "--no-stream", "--format", "json", "s"]);
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["MemLimit"], 64 << 20);
+    assert_eq!(v["PIDsLimit"], 50);
+    assert!(v["PIDs"].as_u64().unwrap() >= 1);
+    b.ok(&["kill", "s"]);
+    assert_eq!(b.ok(&["wait", "s"]), "137\n");
+    b.ok(&["rm", "s"]);
+}
+
+#[test]
+fn crash_of_monitor_and_container_is_cleaned_by_rm() {
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    b.ok(&["run", "-d", "--name", "c", "busybox:test", "sleep", "30"]);
+    let insp: serde_json::Value = serde_json::from_str(&b.ok(&["inspect", "c"])).unwrap();
+    let pid = insp[0]["State"]["Pid"].as_i64().unwrap() as i32;
+    let id = insp[0]["Id"].as_str().unwrap().to_string();
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(b.root().join("containers").join(&id).join("container.json")).unwrap(),
+    )
+    .unwrap();
+    let monitor = rec["monitor_pid"].as_i64().unwrap() as i32;
+    for p in [monitor, pid] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let ps = b.ok(&["ps", "-a", "--format", "json"]);
+    assert!(ps.contains("\"exited\""), "{ps}");
+    b.ok(&["rm", "c"]);
+    assert!(
+        mounts_under(b.dir.path()).is_empty(),
+        "{:?}",
+        mounts_under(b.dir.path())
+    );
+    assert!(find_cgroup_dirs(&id).is_empty(), "cgroup left behind");
+    assert!(!b.root().join("containers").join(&id).exists());
+}
+
+#[test]
+fn images_tag_save_load_rmi() {
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    b.ok(&["tag", "busybox:test", "localhost/mine:v1"]);
+    let imgs = b.ok(&["images", "--format", "json"]);
+    assert!(
+        imgs.contains("localhost/mine:v1") && imgs.contains("busybox:test"),
+        "{imgs}"
+    );
+    let tar = b.dir.path().join("save.tar");
+    b.ok(&["save", "-o", tar.to_str().unwrap(), "localhost/mine:v1"]);
+    b.ok(&["rmi", "localhost/mine:v1"]);
+    b.ok(&["rmi", "busybox:test"]);
+    assert!(!b.ok(&["images"]).contains("mine"));
+    b.ok(&["load", "-i", tar.to_str().unwrap()]);
+    assert_eq!(
+        b.ok(&["run", "--rm", "localhost/mine:v1", "echo", "loaded"]),
+        "loaded\n"
+    );
+    // An image used by a container can't be removed without --force.
+    b.ok(&["create", "--name", "user", "localhost/mine:v1", "true"]);
+    assert!(!b.run(&["rmi", "localhost/mine:v1"]).status.success());
+    b.ok(&["rm", "user"]);
+    b.ok(&["rmi", "localhost/mine:v1"]);
+    b.ok(&["prune"]);
+}
