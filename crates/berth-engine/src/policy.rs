@@ -11,7 +11,7 @@
 //! parent such as `/var` or `/run` would show the container what's below it). `/` only
 //! matches itself and, as everything's parent, is caught by the "contains" rule.
 //!
-//! The table below is [`SENSITIVE_PATHS`]; `crates/berth-engine/SENSITIVE_MOUNTS.md`
+//! The table below is [`SENSITIVE_PATHS`]; `docs/security.md` ("Engine policy")
 //! documents it for users.
 
 use std::os::unix::fs::MetadataExt;
