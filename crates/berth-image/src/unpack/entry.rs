@@ -725,6 +725,10 @@ fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
         None => (false, s),
     };
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    // Digits only: a second sign ("--9223372036854775808") would overflow below.
+    if secs.is_empty() || !secs.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
     let secs: i64 = secs.parse().ok()?;
     let mut nanos: i64 = 0;
     for (i, c) in frac.bytes().take(9).enumerate() {
@@ -767,6 +771,8 @@ mod tests {
         assert_eq!((t.tv_sec, t.tv_nsec), (-2, 750_000_000));
         assert!(parse_pax_time(b"x").is_none());
         assert!(parse_pax_time(b"1.x").is_none());
+        assert!(parse_pax_time(b"--9223372036854775808").is_none());
+        assert!(parse_pax_time(b"-9223372036854775807.5").is_some());
     }
 
     #[test]

@@ -55,7 +55,11 @@ pub(super) fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, String> {
 
 /// `<tmp>/dest` (empty) and `<tmp>/victim/{file, dir/inner}`.
 pub(super) fn arena() -> (tempfile::TempDir, PathBuf) {
-    let (tmp, dest) = super::tests::scratch();
+    arena_in(&std::env::temp_dir())
+}
+
+pub(super) fn arena_in(base: &Path) -> (tempfile::TempDir, PathBuf) {
+    let (tmp, dest) = super::tests::scratch_in(base);
     let victim = tmp.path().join("victim");
     fs::create_dir_all(victim.join("dir")).unwrap();
     fs::write(victim.join("file"), "victim").unwrap();

@@ -263,8 +263,13 @@ fn produce(
         if abort.load(Ordering::SeqCst) {
             return Err(io::Error::other("unpacking stopped"));
         }
-        let mut buf = free.try_recv().unwrap_or_default();
-        buf.resize(CHUNK, 0);
+        let mut buf = match free.try_recv() {
+            Ok(mut spent) => {
+                spent.resize(CHUNK, 0);
+                spent
+            }
+            Err(_) => vec![0; CHUNK],
+        };
         let n = match decoded.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,

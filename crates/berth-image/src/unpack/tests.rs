@@ -179,9 +179,13 @@ pub(super) fn zstd(data: &[u8]) -> Vec<u8> {
 
 /// A fresh `<tmp>/dest` to unpack into.
 pub(super) fn scratch() -> (tempfile::TempDir, PathBuf) {
+    scratch_in(&std::env::temp_dir())
+}
+
+pub(super) fn scratch_in(base: &Path) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::Builder::new()
         .prefix("berth-unpack-")
-        .tempdir()
+        .tempdir_in(base)
         .unwrap();
     let dest = tmp.path().join("dest");
     fs::create_dir(&dest).unwrap();
