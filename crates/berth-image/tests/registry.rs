@@ -301,7 +301,11 @@ mod registry_client {
         let c = client(&host);
         let t = Instant::now();
         let e = c.get_manifest("test/img", "v1").unwrap_err();
-        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "hung: {:?}",
+            t.elapsed()
+        );
         let msg = e.to_string();
         eprintln!("{msg}");
         assert!(matches!(e, RegistryError::Unreachable { .. }), "{e:?}");
@@ -321,7 +325,11 @@ mod registry_client {
         let c = Client::new(&host, opts).unwrap();
         let t = Instant::now();
         let e = c.ping().unwrap_err();
-        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "hung: {:?}",
+            t.elapsed()
+        );
         assert!(matches!(e, RegistryError::Unreachable { .. }), "{e:?}");
         eprintln!("{e}");
         assert!(e.to_string().contains("timed out"), "{e}");
