@@ -216,14 +216,17 @@ impl Engine {
     ) -> Result<Vec<String>> {
         let store = self.store()?;
         let _lease = store.lease()?;
+        berth_runtime::debug::step(|| "engine: store leased".into());
         let mut layers = Vec::new();
         for l in &image.layers {
             layers.push(store.ensure_layer(&l.blob, &l.diff_id)?);
         }
+        berth_runtime::debug::step(|| "engine: layers ensured".into());
         let range: Option<IdRange> = match req.userns {
             UsernsMode::Host => None,
             _ => Some(self.allocator()?.allocate(id)?),
         };
+        berth_runtime::debug::step(|| "engine: id range allocated".into());
         let maps = range.map(|r| {
             vec![IdMapping {
                 container_id: 0,
@@ -238,6 +241,7 @@ impl Engine {
             idmap: maps.as_deref().map(|m| (m, m)),
             read_only: false,
         })?;
+        berth_runtime::debug::step(|| "engine: snapshot mounted".into());
         let mut ctx = BuildContext::new(&rootfs, id, &cgroups_path(id));
         ctx.name = name.to_string();
         ctx.id_range = range;
@@ -246,6 +250,7 @@ impl Engine {
             ctx.user = Some(request::resolve_user(&rootfs, &u)?);
         }
         let (spec, warnings) = spec_builder::build_spec(&image.config, req, &ctx)?;
+        berth_runtime::debug::step(|| "engine: spec built".into());
         let bundle = self.paths.bundle(id);
         std::fs::create_dir_all(&bundle).map_err(io("creating", &bundle))?;
         let cfg = bundle.join("config.json");
@@ -303,6 +308,7 @@ impl Engine {
             monitor_binary: self.monitor_binary.clone(),
         };
         let spawned = monitor::spawn(&spec)?;
+        berth_runtime::debug::step(|| "engine: monitor created the container".into());
         let mut rec = self.records.load(&rec.id)?;
         rec.monitor_pid = Some(spawned.monitor_pid);
         self.records.save(&rec)?;
@@ -327,6 +333,7 @@ impl Engine {
             }
         }
         self.runtime.start(&rec.id)?;
+        berth_runtime::debug::step(|| "engine: started".into());
         rec = self.records.load(&rec.id)?;
         rec.started_at = Some(berth_runtime::state::now_rfc3339());
         rec.start_count += 1;
@@ -473,7 +480,9 @@ impl Engine {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+        berth_runtime::debug::step(|| "engine: rm: monitor done".into());
         self.runtime.delete(id)?;
+        berth_runtime::debug::step(|| "engine: rm: runtime deleted".into());
         if let Some(pid) = rec.as_ref().and_then(|r| r.monitor_pid) {
             let deadline = Instant::now() + Duration::from_secs(2);
             while pid_alive(pid) && Instant::now() < deadline {
@@ -487,6 +496,7 @@ impl Engine {
             }
         }
         snapshot::unmount(&self.paths.snapshot(id))?;
+        berth_runtime::debug::step(|| "engine: rm: snapshot unmounted".into());
         if let Ok(a) = self.allocator() {
             let _ = a.release(id);
         }

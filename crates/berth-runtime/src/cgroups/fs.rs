@@ -201,9 +201,12 @@ fn mkdir_rec(dir: &Path, stop: &Path, created: &mut Vec<PathBuf>) -> io::Result<
     }
 }
 
-/// How often and how long rmdir waits for a cgroup whose last processes are still exiting.
-const RMDIR_RETRIES: u32 = 50;
-const RMDIR_DELAY: Duration = Duration::from_millis(10);
+/// How often and how long rmdir waits for a cgroup whose last processes are still exiting:
+/// short at first (the usual wait is well under a millisecond), doubling up to 20 ms, about
+/// 1 s in all.
+const RMDIR_RETRIES: u32 = 64;
+const RMDIR_FIRST_DELAY: Duration = Duration::from_micros(250);
+const RMDIR_MAX_DELAY: Duration = Duration::from_millis(20);
 
 /// Removes cgroup `dir` and its child cgroups (depth first). A cgroup directory holds only
 /// kernel files besides child cgroups, so rmdir works on it as soon as it has no children
@@ -232,13 +235,15 @@ pub(crate) fn remove_cgroup(dir: &Path) -> Result<(), CgroupError> {
         Err(e) => return Err(rm_err(e)),
     }
     let mut attempt = 0;
+    let mut delay = RMDIR_FIRST_DELAY;
     loop {
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if is_enoent(&e) => return Ok(()),
             Err(e) if errno(&e) == Some(libc::EBUSY) && attempt + 1 < RMDIR_RETRIES => {
                 attempt += 1;
-                std::thread::sleep(RMDIR_DELAY);
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(RMDIR_MAX_DELAY);
             }
             Err(e) => return Err(rm_err(e)),
         }

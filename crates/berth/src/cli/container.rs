@@ -69,7 +69,9 @@ fn image_for(g: &Global, e: &Engine, name: &str) -> Result<berth_image::store::I
 fn create_inner(g: &Global, a: &RunArgs) -> Result<(Engine, berth_engine::engine::Created)> {
     let req = RunRequest::from_flags(&flags(a))?;
     let e = engine(g)?;
+    berth_runtime::debug::step(|| "cli: request parsed".into());
     let image = image_for(g, &e, &req.image)?;
+    berth_runtime::debug::step(|| "cli: image resolved".into());
     let c = e.create(&req, &image)?;
     for w in &c.warnings {
         eprintln!("WARNING: {w}");
@@ -116,6 +118,7 @@ pub fn run(g: &Global, a: &RunArgs) -> Result<i32> {
         None
     };
     let code = attach.run(stdin, std::io::stdout(), std::io::stderr());
+    berth_runtime::debug::step(|| "cli: container exited".into());
     drop(raw);
     let code = code?;
     if a.rm {

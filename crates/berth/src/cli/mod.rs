@@ -45,6 +45,9 @@ pub fn main_berth(args: Vec<OsString>) -> i32 {
         }
     };
     let g = cli.global;
+    if std::env::var_os("BERTH_DEBUG").is_some() {
+        berth_runtime::debug::enable();
+    }
     let r = match cli.cmd {
         Cmd::Oci(rt) => return oci::dispatch(rt),
         Cmd::Engine(cmd) => engine(&g, cmd),
