@@ -152,6 +152,14 @@ impl Engine {
                     at: Some(e.exited_at),
                     oom: e.oom_killed,
                 },
+                // The init is gone but its monitor is still recording the exit: not
+                // exited yet as far as anyone can tell (no guessed exit code).
+                _ if r
+                    .monitor_pid
+                    .is_some_and(|p| pid_alive(p) && is_monitor(p, &r.id)) =>
+                {
+                    Status::Running
+                }
                 // Never started, or the host went down under it.
                 _ if r.started_at.is_none() => Status::Created,
                 _ => Status::Exited {
