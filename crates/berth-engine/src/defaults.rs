@@ -11,22 +11,7 @@ use berth_runtime::spec::oci::{LinuxDeviceCgroup, Mount, PosixRlimit};
 use serde_json::json;
 
 /// docker's default capability set (moby `oci.DefaultCapabilities`).
-pub const DEFAULT_CAPABILITIES: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+pub use berth_runtime::spec::DEFAULT_CAPABILITIES;
 
 /// Every capability Linux knows (up to CAP_CHECKPOINT_RESTORE, Linux 5.9), in number
 /// order: what `--cap-add ALL` grants and what `--cap-add` accepts.

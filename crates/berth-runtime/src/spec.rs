@@ -180,26 +180,29 @@ pub fn rootfs_path(bundle: &Path, spec: &Spec) -> PathBuf {
     }
 }
 
+/// docker's default capability set (moby `oci.DefaultCapabilities`), also the engine's.
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
 /// A default spec for a bundle, like `runc spec`: every namespace, docker's default
 /// capabilities, masked and read-only /proc paths, no_new_privs. With `userns`, container
 /// root maps to the unprivileged host range 100000-165535.
 pub fn example(args: &[String], userns: bool) -> serde_json::Value {
-    let caps = [
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE",
-    ];
+    let caps = DEFAULT_CAPABILITIES;
     let mut namespaces = vec![
         serde_json::json!({"type": "pid"}),
         serde_json::json!({"type": "network"}),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use common::*;
@@ -57,8 +57,8 @@ impl Berth {
             .unwrap();
         Output {
             status,
-            stdout: read(out),
-            stderr: read(err),
+            stdout: read_all(out),
+            stderr: read_all(err),
         }
     }
 
@@ -92,14 +92,6 @@ impl Berth {
     }
 }
 
-fn read(mut f: std::fs::File) -> Vec<u8> {
-    use std::io::{Read, Seek};
-    let mut v = Vec::new();
-    f.seek(std::io::SeekFrom::Start(0)).unwrap();
-    f.read_to_end(&mut v).unwrap();
-    v
-}
-
 impl Drop for Berth {
     fn drop(&mut self) {
         let ids = self.run(&["ps", "-aq"]);
@@ -108,29 +100,6 @@ impl Drop for Berth {
         }
         unmount_under(self.dir.path());
     }
-}
-
-fn unmount_under(dir: &Path) {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mut targets: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter(|t| t.starts_with(dir.to_str().unwrap()))
-        .collect();
-    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-    for t in targets {
-        let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter(|t| t.starts_with(dir.to_str().unwrap()))
-        .map(String::from)
-        .collect()
 }
 
 #[test]

@@ -227,7 +227,7 @@ impl Drop for Runtime {
     }
 }
 
-fn read_all(mut f: std::fs::File) -> Vec<u8> {
+pub fn read_all(mut f: std::fs::File) -> Vec<u8> {
     use std::io::{Read, Seek};
     let mut v = Vec::new();
     f.seek(std::io::SeekFrom::Start(0)).unwrap();
@@ -264,4 +264,25 @@ fn walk(dir: &Path, id: &str, depth: usize, out: &mut Vec<PathBuf>) {
             walk(&p, id, depth + 1, out);
         }
     }
+}
+
+/// Detaches every mount under `dir`, deepest first (podman's and the engine's leftovers
+/// when a test fails half-way).
+pub fn unmount_under(dir: &Path) {
+    let mut targets = mounts_under(dir);
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        let _ = nix::mount::umount2(t.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Mount points under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|t| t.starts_with(dir.to_str().unwrap_or("/nonexistent")))
+        .map(String::from)
+        .collect()
 }
