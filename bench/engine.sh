@@ -11,6 +11,8 @@ cargo build --release --workspace --manifest-path "$top/Cargo.toml" >&2
 work=$(mktemp -d /tmp/berth-bench-engine.XXXXXX)
 chmod 755 "$work"
 cleanup() {
+  # Best effort and complete: a failing step (grep finding no mount) must not skip the rest.
+  set +e +o pipefail
   "$top/target/release/berth" --root "$work/berth" --runroot "$work/berth-run" ps -aq 2>/dev/null |
     while read -r id; do "$top/target/release/berth" --root "$work/berth" --runroot "$work/berth-run" rm -f "$id" >/dev/null 2>&1 || true; done
   podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs rm -af >/dev/null 2>&1 || true
