@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 
@@ -19,6 +19,13 @@ impl Berth {
         if !can_run() {
             return None;
         }
+        // The monitor is another package's binary: `cargo test -p berth` alone doesn't build it.
+        let monitor = berth_bin().with_file_name("berth-monitor");
+        assert!(
+            monitor.exists(),
+            "{} missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
+            monitor.display()
+        );
         let dir = tempfile::Builder::new()
             .prefix("berth-engine-test-")
             .tempdir()
@@ -45,21 +52,7 @@ impl Berth {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let out = tempfile::tempfile().unwrap();
-        let err = tempfile::tempfile().unwrap();
-        let status = self
-            .cmd()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(err.try_clone().unwrap())
-            .status()
-            .unwrap();
-        Output {
-            status,
-            stdout: read_all(out),
-            stderr: read_all(err),
-        }
+        output_via_files(self.cmd().args(args))
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -75,20 +68,8 @@ impl Berth {
 
     /// Imports a busybox rootfs as `busybox:test`.
     fn busybox(&self) {
-        let rootfs = self.dir.path().join("image-rootfs");
-        make_rootfs(&rootfs);
-        let tar = self.dir.path().join("busybox.tar");
-        let st = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let tar = busybox_tar(self.dir.path());
         self.ok(&["import", tar.to_str().unwrap(), "busybox:test"]);
-        std::fs::remove_dir_all(&rootfs).unwrap();
     }
 }
 

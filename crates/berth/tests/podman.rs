@@ -70,18 +70,7 @@ impl Podman {
     }
 
     fn import_busybox(&self, tag: &str) {
-        let rootfs = self.dir.path().join("image-rootfs");
-        make_rootfs(&rootfs);
-        let tar = self.dir.path().join("rootfs.tar");
-        let st = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let tar = busybox_tar(self.dir.path());
         self.ok(&["import", tar.to_str().unwrap(), tag]);
     }
 }

@@ -145,23 +145,7 @@ impl Runtime {
                 }
             }
         }
-        // Files, not pipes: a created container's init inherits our stdout/stderr and
-        // would keep a pipe open until it exits.
-        let out = tempfile::tempfile().unwrap();
-        let err = tempfile::tempfile().unwrap();
-        let status = self
-            .cmd()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(err.try_clone().unwrap())
-            .status()
-            .expect("running berth");
-        Output {
-            status,
-            stdout: read_all(out),
-            stderr: read_all(err),
-        }
+        output_via_files(self.cmd().args(args))
     }
 
     pub fn track(&self, id: &str) {
@@ -285,4 +269,40 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .filter(|t| t.starts_with(dir.to_str().unwrap_or("/nonexistent")))
         .map(String::from)
         .collect()
+}
+
+/// Runs `cmd` with stdout/stderr captured in files, not pipes: a created container's init
+/// (or a detached monitor) inherits them and would hold a pipe open until it exits.
+pub fn output_via_files(cmd: &mut Command) -> Output {
+    let out = tempfile::tempfile().unwrap();
+    let err = tempfile::tempfile().unwrap();
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .status()
+        .expect("running berth");
+    Output {
+        status,
+        stdout: read_all(out),
+        stderr: read_all(err),
+    }
+}
+
+/// A busybox rootfs as a tarball under `dir` (for `import`), the rootfs itself removed.
+pub fn busybox_tar(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("image-rootfs");
+    make_rootfs(&rootfs);
+    let tar = dir.join("busybox.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::remove_dir_all(&rootfs).unwrap();
+    tar
 }
