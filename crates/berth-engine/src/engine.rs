@@ -319,7 +319,7 @@ impl Engine {
         berth_runtime::debug::step(|| "engine: monitor created the container".into());
         let mut rec = self.records.load(&rec.id)?;
         rec.monitor_pid = Some(spawned.monitor_pid);
-        self.records.save(&rec)?;
+        self.records.update(&rec)?;
         Ok(())
     }
 
@@ -342,10 +342,17 @@ impl Engine {
         }
         self.runtime.start(&rec.id)?;
         berth_runtime::debug::step(|| "engine: started".into());
-        rec = self.records.load(&rec.id)?;
-        rec.started_at = Some(berth_runtime::state::now_rfc3339());
-        rec.start_count += 1;
-        self.records.save(&rec)?;
+        // The container may already have exited and been removed (--rm): then there is
+        // nothing left to record, and recreating its record would resurrect it.
+        if let Ok(mut fresh) = self.records.load(&rec.id) {
+            fresh.started_at = Some(berth_runtime::state::now_rfc3339());
+            fresh.start_count += 1;
+            match self.records.update(&fresh) {
+                Ok(()) | Err(RecordError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            rec = fresh;
+        }
         Ok(rec)
     }
 

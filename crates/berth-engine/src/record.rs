@@ -135,6 +135,15 @@ impl Records {
         std::fs::rename(&tmp, &path).map_err(io("renaming into", &path))
     }
 
+    /// Saves a record only if the container still exists: a container with --rm can be
+    /// removed by its monitor's exit command while we are still updating it.
+    pub fn update(&self, r: &ContainerRecord) -> Result<(), RecordError> {
+        if !self.path(&r.id).exists() {
+            return Err(RecordError::NotFound(r.id.clone()));
+        }
+        self.save(r)
+    }
+
     pub fn load(&self, id: &str) -> Result<ContainerRecord, RecordError> {
         let path = self.path(id);
         let mut s = String::new();
