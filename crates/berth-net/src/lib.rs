@@ -1,0 +1,1 @@
+//! berth-net: container networking on one host (bridge, veth, IPAM, NAT, port mapping).
