@@ -1,0 +1,372 @@
+//! Address allocation for one network: a JSON file of address → owner, changed only under
+//! an flock and written by atomic rename, so no address ever has two owners, even across
+//! processes. Allocation is next-fit: it resumes after the last address handed out, so an
+//! address just released is not immediately given to the next container (a stale peer
+//! still holding it in an ARP cache would otherwise reach the wrong container).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error("network {network} ({subnet}): no free addresses")]
+    Exhausted { network: String, subnet: Ipv4Net },
+    #[error("network {network}: requested address {addr} is not inside subnet {subnet}")]
+    OutsideSubnet {
+        network: String,
+        addr: Ipv4Addr,
+        subnet: Ipv4Net,
+    },
+    #[error("network {network}: requested address {addr} is reserved ({what})")]
+    Reserved {
+        network: String,
+        addr: Ipv4Addr,
+        what: &'static str,
+    },
+    #[error("network {network}: address {addr} is already in use by {owner}")]
+    Taken {
+        network: String,
+        addr: Ipv4Addr,
+        owner: String,
+    },
+    #[error("network {network}: {owner} already holds {held}, cannot also take {addr}")]
+    OwnerHoldsOther {
+        network: String,
+        owner: String,
+        held: Ipv4Addr,
+        addr: Ipv4Addr,
+    },
+    #[error("{what} address allocations of network {network} at {path}: {source}")]
+    Io {
+        what: &'static str,
+        network: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    /// The last address handed out; the next search starts after it.
+    last: Option<Ipv4Addr>,
+    allocations: BTreeMap<Ipv4Addr, String>,
+}
+
+/// The allocator of one network. Cheap to create; all state is on disk.
+#[derive(Debug, Clone)]
+pub struct Ipam {
+    network: String,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    path: PathBuf,
+    lock_path: PathBuf,
+}
+
+impl Ipam {
+    /// `path` is the JSON file; its lock is `path` + ".lock".
+    pub fn new(network: &str, subnet: Ipv4Net, gateway: Ipv4Addr, path: &Path) -> Ipam {
+        let mut lock = path.as_os_str().to_owned();
+        lock.push(".lock");
+        Ipam {
+            network: network.to_string(),
+            subnet,
+            gateway,
+            path: path.to_path_buf(),
+            lock_path: PathBuf::from(lock),
+        }
+    }
+
+    /// Gives `owner` an address: `requested` if free, else the next free one after the
+    /// last handed out. An owner that already holds an address gets it again.
+    pub fn allocate(
+        &self,
+        owner: &str,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, IpamError> {
+        if let Some(addr) = requested {
+            self.check_requestable(addr)?;
+        }
+        self.update(|state| {
+            if let Some((&held, _)) = state.allocations.iter().find(|(_, o)| *o == owner) {
+                return match requested {
+                    Some(addr) if addr != held => Err(IpamError::OwnerHoldsOther {
+                        network: self.network.clone(),
+                        owner: owner.to_string(),
+                        held,
+                        addr,
+                    }),
+                    _ => Ok(held),
+                };
+            }
+            let addr = match requested {
+                Some(addr) => {
+                    if let Some(other) = state.allocations.get(&addr) {
+                        return Err(IpamError::Taken {
+                            network: self.network.clone(),
+                            addr,
+                            owner: other.clone(),
+                        });
+                    }
+                    addr
+                }
+                None => self.next_free(state)?,
+            };
+            state.allocations.insert(addr, owner.to_string());
+            state.last = Some(addr);
+            Ok(addr)
+        })
+    }
+
+    /// Drops `owner`'s address; nothing to do if it holds none.
+    pub fn release(&self, owner: &str) -> Result<(), IpamError> {
+        self.update(|state| {
+            state.allocations.retain(|_, o| o != owner);
+            Ok(())
+        })
+    }
+
+    /// Start-up recovery: drops the allocations of owners for which `live_owners` is
+    /// false, and returns those owners.
+    pub fn retain(&self, live_owners: &dyn Fn(&str) -> bool) -> Result<Vec<String>, IpamError> {
+        self.update(|state| {
+            let mut dropped = Vec::new();
+            state.allocations.retain(|_, owner| {
+                let live = live_owners(owner);
+                if !live {
+                    dropped.push(owner.clone());
+                }
+                live
+            });
+            Ok(dropped)
+        })
+    }
+
+    pub fn allocations(&self) -> Result<BTreeMap<Ipv4Addr, String>, IpamError> {
+        Ok(self.load()?.allocations)
+    }
+
+    /// Deletes the allocation file (the network is being removed).
+    pub(crate) fn destroy(&self) -> Result<(), IpamError> {
+        fsutil::remove_if_exists(&self.path).map_err(|e| self.io_err("removing", e))?;
+        fsutil::remove_if_exists(&self.lock_path).map_err(|e| self.io_err("removing", e))
+    }
+
+    fn check_requestable(&self, addr: Ipv4Addr) -> Result<(), IpamError> {
+        if !self.subnet.contains(&addr) {
+            return Err(IpamError::OutsideSubnet {
+                network: self.network.clone(),
+                addr,
+                subnet: self.subnet,
+            });
+        }
+        let what = if addr == self.subnet.network() {
+            "network address"
+        } else if addr == self.subnet.broadcast() {
+            "broadcast address"
+        } else if addr == self.gateway {
+            "gateway"
+        } else {
+            return Ok(());
+        };
+        Err(IpamError::Reserved {
+            network: self.network.clone(),
+            addr,
+            what,
+        })
+    }
+
+    fn next_free(&self, state: &State) -> Result<Ipv4Addr, IpamError> {
+        let first = u32::from(self.subnet.network()) + 1;
+        let last = u32::from(self.subnet.broadcast()) - 1;
+        let start = state
+            .last
+            .map(u32::from)
+            .filter(|a| (first..last).contains(a))
+            .map_or(first, |a| a + 1);
+        let size = last - first + 1;
+        for i in 0..size {
+            let candidate = first + (start - first + i) % size;
+            let addr = Ipv4Addr::from(candidate);
+            if addr != self.gateway && !state.allocations.contains_key(&addr) {
+                return Ok(addr);
+            }
+        }
+        Err(IpamError::Exhausted {
+            network: self.network.clone(),
+            subnet: self.subnet,
+        })
+    }
+
+    fn load(&self) -> Result<State, IpamError> {
+        fsutil::read_json(&self.path)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.io_err("reading", e))
+    }
+
+    /// Runs `f` on the state under the lock and saves it if `f` succeeded.
+    fn update<T>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, IpamError>,
+    ) -> Result<T, IpamError> {
+        let _lock = fsutil::lock(&self.lock_path).map_err(|e| self.io_err("locking", e))?;
+        let mut state = self.load()?;
+        let out = f(&mut state)?;
+        fsutil::write_json_atomic(&self.path, &state).map_err(|e| self.io_err("writing", e))?;
+        Ok(out)
+    }
+
+    fn io_err(&self, what: &'static str, source: std::io::Error) -> IpamError {
+        IpamError::Io {
+            what,
+            network: self.network.clone(),
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipam(dir: &Path, subnet: &str) -> Ipam {
+        let subnet: Ipv4Net = subnet.parse().unwrap();
+        let gw = crate::config::first_host(subnet);
+        Ipam::new("n", subnet, gw, &dir.join("n.json"))
+    }
+
+    fn a(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn skips_network_gateway_broadcast_and_is_next_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = ipam(dir.path(), "10.89.3.0/29");
+        assert_eq!(ipam.allocate("c1", None).unwrap(), a("10.89.3.2"));
+        assert_eq!(ipam.allocate("c2", None).unwrap(), a("10.89.3.3"));
+        ipam.release("c1").unwrap();
+        // next-fit: .2 was just released, so .4 comes first
+        assert_eq!(ipam.allocate("c3", None).unwrap(), a("10.89.3.4"));
+        assert_eq!(ipam.allocate("c4", None).unwrap(), a("10.89.3.5"));
+        assert_eq!(ipam.allocate("c5", None).unwrap(), a("10.89.3.6"));
+        // wraps around to the released .2, never .7 (broadcast)
+        assert_eq!(ipam.allocate("c6", None).unwrap(), a("10.89.3.2"));
+        let e = ipam.allocate("c7", None).unwrap_err();
+        assert_eq!(e.to_string(), "network n (10.89.3.0/29): no free addresses");
+        // the same owner gets its address again
+        assert_eq!(ipam.allocate("c4", None).unwrap(), a("10.89.3.5"));
+    }
+
+    #[test]
+    fn exhaustion_of_a_slash_30() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = ipam(dir.path(), "10.89.3.0/30");
+        assert_eq!(ipam.allocate("c1", None).unwrap(), a("10.89.3.2"));
+        let e = ipam.allocate("c2", None).unwrap_err();
+        assert_eq!(e.to_string(), "network n (10.89.3.0/30): no free addresses");
+    }
+
+    #[test]
+    fn requested_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = ipam(dir.path(), "10.89.0.0/24");
+        assert_eq!(
+            ipam.allocate("c1", Some(a("10.89.0.50"))).unwrap(),
+            a("10.89.0.50")
+        );
+        let e = ipam.allocate("c2", Some(a("10.89.0.50"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "network n: address 10.89.0.50 is already in use by c1"
+        );
+        let e = ipam.allocate("c2", Some(a("10.90.0.5"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "network n: requested address 10.90.0.5 is not inside subnet 10.89.0.0/24"
+        );
+        for (addr, what) in [
+            ("10.89.0.1", "gateway"),
+            ("10.89.0.0", "network"),
+            ("10.89.0.255", "broadcast"),
+        ] {
+            let e = ipam.allocate("c2", Some(a(addr))).unwrap_err().to_string();
+            assert!(e.contains(what) && e.contains(addr), "{e}");
+        }
+        let e = ipam.allocate("c1", Some(a("10.89.0.51"))).unwrap_err();
+        assert!(e.to_string().contains("c1 already holds 10.89.0.50"), "{e}");
+        // next-fit continues after the requested address
+        assert_eq!(ipam.allocate("c2", None).unwrap(), a("10.89.0.51"));
+    }
+
+    #[test]
+    fn persists_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ipam(dir.path(), "10.89.0.0/24");
+        first.allocate("c1", None).unwrap();
+        first.allocate("c2", None).unwrap();
+        first.release("c1").unwrap();
+        let again = ipam(dir.path(), "10.89.0.0/24");
+        let allocs = again.allocations().unwrap();
+        assert_eq!(allocs.len(), 1);
+        assert_eq!(allocs[&a("10.89.0.3")], "c2");
+        // the next-fit cursor survived too
+        assert_eq!(again.allocate("c3", None).unwrap(), a("10.89.0.4"));
+        again.release("c3").unwrap();
+        again.release("c3").unwrap(); // idempotent
+    }
+
+    #[test]
+    fn retain_drops_dead_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = ipam(dir.path(), "10.89.0.0/24");
+        for c in ["live1", "dead1", "live2", "dead2"] {
+            ipam.allocate(c, None).unwrap();
+        }
+        let mut dropped = ipam.retain(&|o| o.starts_with("live")).unwrap();
+        dropped.sort();
+        assert_eq!(dropped, ["dead1", "dead2"]);
+        let owners: Vec<String> = ipam.allocations().unwrap().into_values().collect();
+        assert_eq!(owners, ["live1", "live2"]);
+    }
+
+    #[test]
+    fn concurrent_allocations_never_share_an_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    // a fresh Ipam per allocation: the lock is the file, not the struct
+                    (0..20)
+                        .map(|i| {
+                            ipam(&path, "10.89.0.0/24")
+                                .allocate(&format!("t{t}-{i}"), None)
+                                .unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<Ipv4Addr> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n);
+        assert_eq!(
+            ipam(&path, "10.89.0.0/24").allocations().unwrap().len(),
+            160
+        );
+    }
+}

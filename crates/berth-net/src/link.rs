@@ -1,0 +1,195 @@
+//! Interfaces through netlink: the network's bridge, and each container's veth pair
+//! (host end on the bridge, `eth0` inside the container's namespace).
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+
+use crate::config::NetworkConfig;
+use crate::netlink::{Netlink, VethSpec};
+
+/// The loopback device's index in every network namespace.
+const LOOPBACK_INDEX: u32 = 1;
+/// The container's end of the veth pair.
+pub const CONTAINER_IFNAME: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{op}: {source}")]
+    Op {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("bridge {bridge} of network {network} does not exist (the network is not set up)")]
+    NoBridge { bridge: String, network: String },
+}
+
+fn op(op: impl Into<String>) -> impl FnOnce(io::Error) -> LinkError {
+    let op = op.into();
+    move |source| LinkError::Op { op, source }
+}
+
+/// A container's place on a network, as `attach` made it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    /// The host end of the veth pair: "veth" + 8 hex digits derived from the container id.
+    pub host_ifname: String,
+    pub addr: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+/// "veth" + the 32-bit FNV-1a hash of the container id in hex: stable (detach finds it
+/// from the id alone), 12 characters, and independent of the id's alphabet.
+pub fn host_ifname(container_id: &str) -> String {
+    let hash = container_id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("veth{hash:08x}")
+}
+
+/// A locally administered MAC derived from the address, like docker's 02:42:a.b.c.d, so a
+/// re-created container with the same address keeps its MAC (neighbour caches stay valid).
+pub fn mac_for(addr: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = addr.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
+/// Makes the bridge exist, carry the gateway address, have the network's MTU and be up.
+pub fn ensure_bridge(net: &NetworkConfig) -> Result<(), LinkError> {
+    let mut nl = Netlink::open().map_err(op("opening a netlink socket"))?;
+    let br = &net.bridge;
+    nl.create_bridge(br, net.mtu)
+        .map_err(op(format!("creating bridge {br} for network {}", net.name)))?;
+    let index = nl
+        .link_index(br)
+        .map_err(op(format!("looking up bridge {br}")))?
+        .ok_or_else(|| LinkError::NoBridge {
+            bridge: br.clone(),
+            network: net.name.clone(),
+        })?;
+    nl.add_address(index, net.gateway, net.prefix_len())
+        .map_err(op(format!(
+            "adding address {}/{} to bridge {br}",
+            net.gateway,
+            net.prefix_len()
+        )))?;
+    nl.set_up(index, Some(net.mtu))
+        .map_err(op(format!("setting bridge {br} up with mtu {}", net.mtu)))
+}
+
+/// Deletes the bridge; nothing to do if it is gone.
+pub fn delete_bridge(net: &NetworkConfig) -> Result<(), LinkError> {
+    let mut nl = Netlink::open().map_err(op("opening a netlink socket"))?;
+    nl.delete_link(&net.bridge).map(drop).map_err(op(format!(
+        "deleting bridge {} of network {}",
+        net.bridge, net.name
+    )))
+}
+
+/// Plugs the container whose init is `container_pid` into the network: a veth pair with
+/// the host end on the bridge, `eth0` inside with `addr`, lo up, default route via the
+/// gateway. On failure the pair is removed again.
+pub fn attach(
+    net: &NetworkConfig,
+    container_pid: i32,
+    container_id: &str,
+    addr: Ipv4Addr,
+) -> Result<Attachment, LinkError> {
+    let short: String = container_id.chars().take(12).collect();
+    let ns_path = format!("/proc/{container_pid}/ns/net");
+    let netns = File::open(&ns_path).map_err(op(format!(
+        "opening network namespace {ns_path} of container {short}"
+    )))?;
+    let mut host = Netlink::open().map_err(op("opening a netlink socket"))?;
+    let bridge_index = host
+        .link_index(&net.bridge)
+        .map_err(op(format!("looking up bridge {}", net.bridge)))?
+        .ok_or_else(|| LinkError::NoBridge {
+            bridge: net.bridge.clone(),
+            network: net.name.clone(),
+        })?;
+    let attachment = Attachment {
+        host_ifname: host_ifname(container_id),
+        addr,
+        mac: mac_for(addr),
+    };
+    let veth = &attachment.host_ifname;
+    host.create_veth(&VethSpec {
+        host_name: veth,
+        bridge_index,
+        mtu: net.mtu,
+        peer_name: CONTAINER_IFNAME,
+        peer_mac: attachment.mac,
+        peer_netns: &netns,
+    })
+    .map_err(op(format!("creating veth {veth} for container {short}")))?;
+
+    let inside = configure_inside(net, &netns, addr, &short);
+    if let Err(e) = inside {
+        // Leave nothing behind: deleting the host end deletes the peer too.
+        let _ = host.delete_link(veth);
+        return Err(e);
+    }
+    Ok(attachment)
+}
+
+fn configure_inside(
+    net: &NetworkConfig,
+    netns: &File,
+    addr: Ipv4Addr,
+    short: &str,
+) -> Result<(), LinkError> {
+    let mut nl = Netlink::open_in_netns(netns).map_err(op(format!(
+        "opening a netlink socket in the network namespace of container {short}"
+    )))?;
+    nl.set_up(LOOPBACK_INDEX, None)
+        .map_err(op(format!("setting lo up in container {short}")))?;
+    let index = nl
+        .link_index(CONTAINER_IFNAME)
+        .map_err(op(format!("looking up eth0 in container {short}")))?
+        .ok_or_else(|| LinkError::Op {
+            op: format!("looking up eth0 in container {short}"),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        })?;
+    let prefix = net.prefix_len();
+    nl.add_address(index, addr, prefix).map_err(op(format!(
+        "adding address {addr}/{prefix} to eth0 in container {short}"
+    )))?;
+    nl.set_up(index, None)
+        .map_err(op(format!("setting eth0 up in container {short}")))?;
+    nl.add_default_route(index, net.gateway).map_err(op(format!(
+        "adding default route via {} in container {short}",
+        net.gateway
+    )))
+}
+
+/// Removes the container's veth pair if it still exists (it dies with the container's
+/// namespace anyway).
+pub fn detach(container_id: &str) -> Result<(), LinkError> {
+    let veth = host_ifname(container_id);
+    let mut nl = Netlink::open().map_err(op("opening a netlink socket"))?;
+    nl.delete_link(&veth)
+        .map(drop)
+        .map_err(op(format!("deleting veth {veth}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_macs() {
+        let a = host_ifname("0123456789abcdef");
+        assert_eq!(a.len(), 12);
+        assert!(a.starts_with("veth"));
+        assert_eq!(a, host_ifname("0123456789abcdef"));
+        assert_ne!(a, host_ifname("0123456789abcdee"));
+        // FNV-1a of the empty string is the offset basis
+        assert_eq!(host_ifname(""), "veth811c9dc5");
+        assert_eq!(
+            mac_for(Ipv4Addr::new(10, 88, 0, 2)),
+            [0x02, 0x42, 10, 88, 0, 2]
+        );
+    }
+}

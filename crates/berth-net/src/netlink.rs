@@ -1,0 +1,245 @@
+//! A small synchronous rtnetlink client.
+//!
+//! Why not `rtnetlink`: it is async (tokio + futures) and each call would need a runtime,
+//! while every operation here is one request and one acknowledgement. A blocking
+//! `netlink-sys` socket with `netlink-packet-route` messages does the same in a few
+//! syscalls, keeps tokio out of the engine's link path, and makes "open the socket inside
+//! another network namespace" a plain thread + setns (see [`Netlink::open_in_netns`]).
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+/// One rtnetlink socket, bound to the network namespace it was opened in.
+pub(crate) struct Netlink {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+/// What a veth pair looks like when created in one request.
+pub(crate) struct VethSpec<'a> {
+    pub host_name: &'a str,
+    pub bridge_index: u32,
+    pub mtu: u32,
+    pub peer_name: &'a str,
+    pub peer_mac: [u8; 6],
+    /// The peer is created directly in this network namespace.
+    pub peer_netns: &'a File,
+}
+
+impl Netlink {
+    pub fn open() -> io::Result<Netlink> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        Ok(Netlink {
+            sock,
+            seq: 0,
+            buf: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Opens a socket inside the network namespace `netns` (a /proc/<pid>/ns/net file).
+    /// The setns happens in a short-lived thread, so the caller's thread never changes
+    /// namespace; the socket stays bound to the namespace it was created in.
+    pub fn open_in_netns(netns: &File) -> io::Result<Netlink> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                rustix::thread::move_into_link_name_space(
+                    netns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+                Netlink::open()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
+        })
+    }
+
+    /// Sends one request and collects the replies until the kernel's acknowledgement.
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut out = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut out);
+        self.sock.send_to(&out, &SocketAddr::new(0, 0), 0)?;
+
+        let mut replies = Vec::new();
+        loop {
+            self.buf.clear();
+            self.sock.recv(&mut self.buf, 0)?;
+            let mut at = 0;
+            while at < self.buf.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[at..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                let len = reply.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                at += len.next_multiple_of(4);
+                if reply.header.sequence_number != self.seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                            None => Ok(replies),
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::InnerMessage(m) => replies.push(m),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The index of interface `name`, or None if there is no such interface.
+    pub fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc_enodev()) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a bridge; an existing interface of that name is left alone (Ok(false)).
+    pub fn create_bridge(&mut self, name: &str, mtu: u32) -> io::Result<bool> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        match self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the interface up, and its MTU if given.
+    pub fn set_up(&mut self, index: u32, mtu: Option<u32>) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        self.request(RouteNetlinkMessage::SetLink(msg), 0).map(drop)
+    }
+
+    /// Adds `addr/prefix` (with its broadcast address) to the interface; replacing an
+    /// identical address makes this idempotent.
+    pub fn add_address(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix;
+        msg.header.index = index;
+        let brd = ipnet::Ipv4Net::new(addr, prefix)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+            .broadcast();
+        msg.attributes.push(AddressAttribute::Local(addr.into()));
+        msg.attributes.push(AddressAttribute::Address(addr.into()));
+        msg.attributes.push(AddressAttribute::Broadcast(brd));
+        self.request(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Adds (or replaces) the default route via `gateway` out of interface `index`.
+    pub fn add_default_route(&mut self, index: u32, gateway: Ipv4Addr) -> io::Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        msg.attributes.push(RouteAttribute::Oif(index));
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Creates a veth pair in one request: the host end enslaved to the bridge and up,
+    /// the peer created directly inside the container's namespace with its final name,
+    /// MAC and MTU (so it never appears on the host and needs no rename).
+    pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> io::Result<()> {
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(spec.peer_name.to_string()));
+        peer.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        peer.attributes
+            .push(LinkAttribute::Address(spec.peer_mac.to_vec()));
+        peer.attributes
+            .push(LinkAttribute::NetNsFd(spec.peer_netns.as_raw_fd()));
+
+        let mut msg = LinkMessage::default();
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.host_name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        msg.attributes
+            .push(LinkAttribute::Controller(spec.bridge_index));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
+    }
+
+    /// Deletes interface `name`; Ok(false) if it did not exist.
+    pub fn delete_link(&mut self, name: &str) -> io::Result<bool> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::DelLink(msg), 0) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc_enodev()) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// ENODEV: the kernel's "no such interface".
+fn libc_enodev() -> i32 {
+    rustix::io::Errno::NODEV.raw_os_error()
+}
