@@ -14,6 +14,8 @@ pub enum Error {
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error(transparent)]
+    Bpf(#[from] crate::bpf::BpfError),
+    #[error(transparent)]
     Namespace(#[from] crate::namespaces::NamespaceError),
     #[error(transparent)]
     IdMap(#[from] crate::idmap::IdMapError),

@@ -32,6 +32,8 @@ pub struct InitArgs<'a> {
     pub preserve_fds: u32,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
+    /// linux.seccomp, compiled by the runtime before forking.
+    pub seccomp: Option<&'a crate::bpf::Program>,
 }
 
 /// Leaves a forked child without running destructors or atexit handlers of the parent.
@@ -223,7 +225,7 @@ fn init_setup(chan: &Channel, args: &InitArgs<'_>) -> Result<Ready> {
     let nnp = proc_spec.no_new_privileges().unwrap_or(false);
     if !nnp {
         // Without no_new_privs, loading seccomp needs CAP_SYS_ADMIN: do it before dropping.
-        process::load_seccomp(linux.and_then(|l| l.seccomp().as_ref()))?;
+        process::load_seccomp(args.seccomp)?;
     }
     process::set_credentials(proc_spec)?;
     process::enter_cwd(proc_spec)?;
@@ -282,8 +284,7 @@ fn finish(args: &InitArgs<'_>, r: Ready) -> Error {
         if let Err(e) = process::set_no_new_privs(proc_spec) {
             return e.into();
         }
-        let sc = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-        if let Err(e) = process::load_seccomp(sc) {
+        if let Err(e) = process::load_seccomp(args.seccomp) {
             return e.into();
         }
     }

@@ -4,6 +4,7 @@
 //! kernel concern (namespaces, id maps, rootfs, cgroups, capabilities, seccomp, ...), and a
 //! `thiserror` enum per module folded into [`Error`].
 
+pub mod bpf;
 pub mod capabilities;
 pub mod cgroups;
 pub mod console;

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::unistd::{Gid, Uid};
-use oci_spec::runtime::{LinuxSeccomp, PosixRlimitType, Process};
+use oci_spec::runtime::{PosixRlimitType, Process};
 use thiserror::Error;
 
+use crate::bpf::{BpfError, Program};
 use crate::capabilities::{self, CapError};
-use crate::seccomp::{self, SeccompError};
 
 #[derive(Debug, Error)]
 pub enum ProcessError {
@@ -21,7 +21,7 @@ pub enum ProcessError {
     #[error(transparent)]
     Caps(#[from] CapError),
     #[error(transparent)]
-    Seccomp(#[from] SeccompError),
+    Seccomp(#[from] BpfError),
     #[error("exec: {0:?}: executable file not found in $PATH")]
     NotFound(String),
     #[error("exec: {0:?}: permission denied")]
@@ -203,9 +203,9 @@ pub fn set_no_new_privs(p: &Process) -> Result<(), ProcessError> {
     Ok(())
 }
 
-pub fn load_seccomp(s: Option<&LinuxSeccomp>) -> Result<(), ProcessError> {
-    if let Some(s) = s {
-        seccomp::load(s)?;
+pub fn load_seccomp(p: Option<&Program>) -> Result<(), ProcessError> {
+    if let Some(p) = p {
+        p.load()?;
     }
     Ok(())
 }

@@ -94,6 +94,9 @@ pub fn validate_id(id: &str) -> Result<(), StateError> {
     if id == "." || id == ".." {
         return Err(bad("not a name"));
     }
+    if id == crate::bpf::CACHE_DIR {
+        return Err(bad("reserved for the runtime's seccomp cache"));
+    }
     if !id
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"_+-.".contains(&b))

@@ -12,6 +12,7 @@
 mod fs;
 pub mod mountinfo;
 pub mod path;
+pub mod prewarm;
 mod v1;
 mod v2;
 

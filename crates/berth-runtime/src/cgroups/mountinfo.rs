@@ -201,6 +201,17 @@ fn same_set(a: &[String], b: &[String]) -> bool {
 }
 
 impl Hierarchy {
+    /// The `cgroup.procs` of the caller's own cgroup in one hierarchy (v2, or the first v1
+    /// hierarchy): writing 0 there is a migration that changes nothing.
+    pub fn own_procs_file(&self) -> Option<PathBuf> {
+        let (mount, own) = match (&self.v2, self.v1.first()) {
+            (Some(v2), _) => (&v2.mount_point, &v2.own),
+            (None, Some(v1)) => (&v1.mount_point, &v1.own),
+            (None, None) => return None,
+        };
+        Some(mount.join(own.trim_start_matches('/')).join("cgroup.procs"))
+    }
+
     /// Reads /proc/self/mountinfo and /proc/self/cgroup (once each).
     pub fn current() -> Result<Self, CgroupError> {
         let mi = read_proc("/proc/self/mountinfo")?;

@@ -65,6 +65,8 @@ pub(crate) fn kill_cgroup(cg: &Cgroup) {
 
 pub fn create(opts: &CreateOpts) -> Result<Saved> {
     state::validate_id(&opts.id)?;
+    // Reaped when create returns, long after the init has been placed in its cgroup.
+    let _prewarm = crate::cgroups::prewarm::Prewarm::start();
     let bundle = std::fs::canonicalize(&opts.bundle).map_err(|e| Error::Sys {
         op: format!("resolving bundle {}", opts.bundle.display()),
         errno: crate::rootfs::io_errno(e),
@@ -157,6 +159,12 @@ pub fn create(opts: &CreateOpts) -> Result<Saved> {
         owner: String::new(),
     };
 
+    // Compiled here, not in the init: between `start` and execve there is only a load.
+    let seccomp = linux
+        .and_then(|l| l.seccomp().as_ref())
+        .map(|s| crate::bpf::Program::compile(s, Some(&opts.root)))
+        .transpose()?;
+    debug::step(|| "seccomp compiled".into());
     let (parent, child) = sync::pair()?;
     let args = InitArgs {
         id: &opts.id,
@@ -169,6 +177,7 @@ pub fn create(opts: &CreateOpts) -> Result<Saved> {
         preserve_fds: opts.preserve_fds,
         no_pivot: opts.no_pivot,
         no_new_keyring: opts.no_new_keyring,
+        seccomp: seccomp.as_ref(),
     };
     // SAFETY: the runtime is single-threaded; the child runs stage-1 and _exits.
     let stage1 = match unsafe { nix::unistd::fork() }.map_err(sys("forking stage-1"))? {

@@ -45,7 +45,9 @@ pub fn exec(opts: &ExecOpts) -> Result<super::Exit> {
         .spec
         .linux()
         .as_ref()
-        .and_then(|l| l.seccomp().clone());
+        .and_then(|l| l.seccomp().as_ref())
+        .map(|s| crate::bpf::Program::compile(s, Some(&opts.root)))
+        .transpose()?;
     if !opts.detach {
         nix::sys::prctl::set_child_subreaper(true).map_err(sys("becoming child subreaper"))?;
     }
@@ -132,7 +134,7 @@ fn exec_stage1(
     nss: &[LinuxNamespaceType],
     opts: &ExecOpts,
     console: Option<&OwnedFd>,
-    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    seccomp: Option<&crate::bpf::Program>,
 ) -> Result<()> {
     chan.expect("go")?;
     // The user namespace owns the others: enter it first. Every handle is opened before
@@ -180,7 +182,7 @@ fn exec_process(
     _chan: &Channel,
     opts: &ExecOpts,
     console: Option<&OwnedFd>,
-    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    seccomp: Option<&crate::bpf::Program>,
 ) -> Error {
     let p = &opts.process;
     let r = (|| -> Result<process::Prepared> {
