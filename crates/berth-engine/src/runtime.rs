@@ -1,21 +1,14 @@
-//! Talking to berth-runtime the way podman talks to runc: as a separate program, with
-//! runc's command line. Read-only queries (state, cgroup stats) use the runtime crate's
-//! library directly, which forks nothing.
+//! Talking to berth-runtime. Creating a container (and exec) goes through the monitor,
+//! which runs the runtime as a separate, sealed program with runc's command line, the way
+//! conmon runs runc. Everything else (state, start, kill, delete, cgroup stats) uses the
+//! runtime crate's library directly, which execs nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum RuntimeError {
-    #[error("running {runtime} {verb} {id}: {source}")]
-    Spawn {
-        runtime: PathBuf,
-        verb: &'static str,
-        id: String,
-        source: std::io::Error,
-    },
     #[error("{verb} {id}: {message}")]
     Failed {
         verb: &'static str,
@@ -51,79 +44,43 @@ impl Runtime {
         }
     }
 
-    fn run(&self, verb: &'static str, id: &str, args: &[&str]) -> Result<(), RuntimeError> {
-        let out = Command::new(&self.binary)
-            .arg("--root")
-            .arg(&self.root)
-            .arg(verb)
-            .args(args)
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|source| RuntimeError::Spawn {
-                runtime: self.binary.clone(),
-                verb,
-                id: id.to_string(),
-                source,
-            })?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let msg = String::from_utf8_lossy(&out.stderr);
-        let msg = msg.trim().trim_start_matches("berth-runtime: ").to_string();
-        Err(RuntimeError::Failed {
+    /// Wraps a library call's error with the verb and container it concerned.
+    fn lib<T>(
+        verb: &'static str,
+        id: &str,
+        r: berth_runtime::error::Result<T>,
+    ) -> Result<T, RuntimeError> {
+        r.map_err(|e| RuntimeError::Failed {
             verb,
             id: id.to_string(),
-            message: if msg.is_empty() {
-                format!("exited with {}", out.status)
-            } else {
-                msg
-            },
+            message: e.to_string(),
         })
     }
 
+    // start, kill and delete run in this process through the runtime's library: they
+    // create no namespaces and exec nothing from the container, and a fork+exec of the
+    // runtime binary costs several milliseconds each. create and exec (which do) go
+    // through the monitor and the sealed runtime binary.
+
     pub fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        self.run("start", id, &[])
+        Self::lib("start", id, berth_runtime::container::start(&self.root, id))
     }
 
     pub fn kill(&self, id: &str, signal: &str, all: bool) -> Result<(), RuntimeError> {
-        let mut a = vec![];
-        if all {
-            a.push("--all");
-        }
-        // runc's layout: kill [--all] ID SIGNAL.
-        let out = Command::new(&self.binary)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("kill")
-            .args(&a)
-            .arg(id)
-            .arg(signal)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|source| RuntimeError::Spawn {
-                runtime: self.binary.clone(),
-                verb: "kill",
-                id: id.to_string(),
-                source,
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(RuntimeError::Failed {
-                verb: "kill",
-                id: id.to_string(),
-                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            })
-        }
+        let sig = Self::lib("kill", id, berth_runtime::container::parse_signal(signal))?;
+        Self::lib(
+            "kill",
+            id,
+            berth_runtime::container::kill(&self.root, id, sig, all),
+        )
     }
 
     pub fn delete(&self, id: &str) -> Result<(), RuntimeError> {
-        self.run("delete", id, &["--force"])
+        Self::lib(
+            "delete",
+            id,
+            berth_runtime::container::delete(&self.root, id, true),
+        )
     }
 
     pub fn live(&self, id: &str) -> Live {
