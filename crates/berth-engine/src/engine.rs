@@ -330,6 +330,8 @@ impl Engine {
             Status::Running | Status::Paused => return Ok(rec),
             Status::Exited { .. } => {
                 self.runtime.delete(&rec.id)?;
+                // After a reboot the snapshot is no longer mounted.
+                self.ensure_snapshot(&rec)?;
                 self.spawn_monitor(&rec)?;
             }
             Status::Created => {

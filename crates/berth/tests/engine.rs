@@ -420,3 +420,121 @@ fn images_tag_save_load_rmi() {
     b.ok(&["rmi", "localhost/mine:v1"]);
     b.ok(&["prune"]);
 }
+
+/// `exec -t`: the process gets a pty of its own, sized like the caller's terminal, and its
+/// output comes back through it.
+#[test]
+fn exec_tty_gets_a_terminal_of_the_callers_size() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    b.ok(&["run", "-d", "--name", "t", "busybox:test", "sleep", "30"]);
+    let ws = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 77,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = b
+        .cmd()
+        .args(["exec", "-t", "t", "sh", "-c", "tty; stty size; echo done"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    drop(slave);
+    let mut master = std::fs::File::from(pty.master);
+    let fd = master.as_raw_fd();
+    // Bounded: if berth hangs, kill it after 20 s so the read sees EIO.
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if rx.recv_timeout(std::time::Duration::from_secs(20)).is_err() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    });
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let status = child.wait().unwrap();
+    let _ = tx.send(());
+    watchdog.join().unwrap();
+    let _ = fd;
+    let text = String::from_utf8_lossy(&out);
+    assert!(status.success(), "exec -t failed: {text}");
+    assert!(text.contains("/dev/pts/"), "no pty inside: {text}");
+    assert!(text.contains("33 77"), "size not passed on: {text}");
+    assert!(text.contains("done"), "{text}");
+    assert!(!b.run(&["exec", "-t", "-d", "t", "true"]).status.success());
+    b.ok(&["rm", "-f", "t"]);
+}
+
+/// What a host reboot leaves: records and snapshots' upper dirs on disk; no processes,
+/// no mounts, no cgroups, an empty /run. `ps -a` shows the container exited, `start`
+/// brings it back and `rm` cleans everything.
+#[test]
+fn after_a_reboot_containers_show_exited_restart_and_rm_cleanly() {
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "r",
+        "busybox:test",
+        "sh",
+        "-c",
+        "echo up; sleep 30",
+    ]);
+    let insp: serde_json::Value = serde_json::from_str(&b.ok(&["inspect", "r"])).unwrap();
+    let pid = insp[0]["State"]["Pid"].as_i64().unwrap() as i32;
+    let id = insp[0]["Id"].as_str().unwrap().to_string();
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(b.root().join("containers").join(&id).join("container.json")).unwrap(),
+    )
+    .unwrap();
+    let monitor = rec["monitor_pid"].as_i64().unwrap() as i32;
+    // "Power off": everything dies at once, then what doesn't survive a reboot goes.
+    for p in [monitor, pid] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    assert!(gone, "container init {pid} survived SIGKILL");
+    unmount_under(b.dir.path());
+    for d in find_cgroup_dirs(&id) {
+        let _ = std::fs::remove_dir(&d);
+    }
+    std::fs::remove_dir_all(b.dir.path().join("run")).unwrap();
+
+    let ps = b.ok(&["ps", "-a", "--format", "json"]);
+    assert!(ps.contains("\"exited\""), "{ps}");
+    b.ok(&["start", "r"]);
+    let logs = (0..100).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let l = b.ok(&["logs", "r"]);
+        (l.matches("up").count() >= 2).then_some(l)
+    });
+    assert!(logs.is_some(), "restarted container did not run again");
+    b.ok(&["rm", "-f", "r"]);
+    assert!(mounts_under(b.dir.path()).is_empty());
+    assert!(find_cgroup_dirs(&id).is_empty(), "cgroup left behind");
+    assert!(!b.root().join("containers").join(&id).exists());
+}

@@ -1,7 +1,8 @@
 //! Container commands: run, create, start, ps, logs, exec, stop, kill, restart, rm,
 //! inspect, stats, wait.
 
-use std::io::{IsTerminal, Write};
+use super::tty::{terminal_size, RawMode};
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -97,15 +98,15 @@ pub fn run(g: &Global, a: &RunArgs) -> Result<i32> {
     }
     // Attach before start, so no output is missed.
     let attach = monitor::Attach::connect(&e.paths.userdata(&c.id))?;
-    let raw = if a.tty && std::io::stdin().is_terminal() {
-        Some(RawMode::enter()?)
-    } else {
-        None
-    };
+    let raw = if a.tty { RawMode::if_terminal()? } else { None };
     if let (true, Some(_)) = (a.tty, &raw) {
         if let Some((rows, cols)) = terminal_size() {
             let _ = attach.control().resize(rows, cols);
         }
+        let control = attach.control();
+        super::tty::on_resize(move |rows, cols| {
+            let _ = control.resize(rows, cols);
+        })?;
     }
     if let Err(err) = e.start(&c.id) {
         drop(raw);
@@ -445,45 +446,17 @@ pub fn exec(g: &Global, x: &ExecArgs<'_>) -> Result<i32> {
         cmd.arg("--detach");
     }
     if tty {
-        bail!("exec -t is not supported yet; run without -t");
+        if detach {
+            bail!("exec: -t and -d cannot be combined (nobody would hold the terminal)");
+        }
+        let console = super::tty::ConsoleSocket::new()?;
+        cmd.arg("--tty").arg("--console-socket").arg(console.path());
+        cmd.arg(&r.id).args(command);
+        return super::tty::exec_with_console(cmd, console, &r.name);
     }
     cmd.arg(&r.id).args(command);
     let status = cmd
         .status()
         .with_context(|| format!("running {}", e.runtime.binary.display()))?;
     Ok(status.code().unwrap_or(ENGINE_ERROR))
-}
-
-/// The local terminal in raw mode for `run -it`; restored on drop.
-struct RawMode {
-    saved: nix::sys::termios::Termios,
-}
-
-impl RawMode {
-    fn enter() -> Result<RawMode> {
-        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-        let stdin = std::io::stdin();
-        let saved = tcgetattr(&stdin).context("reading terminal settings")?;
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        tcsetattr(&stdin, SetArg::TCSANOW, &raw).context("setting raw mode")?;
-        Ok(RawMode { saved })
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(
-            std::io::stdin(),
-            nix::sys::termios::SetArg::TCSANOW,
-            &self.saved,
-        );
-    }
-}
-
-fn terminal_size() -> Option<(u16, u16)> {
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ fills the struct we pass.
-    let r = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
-    (r == 0).then_some((ws.ws_row, ws.ws_col))
 }

@@ -4,6 +4,7 @@ pub mod args;
 pub mod container;
 pub mod image;
 pub mod oci;
+pub mod tty;
 
 use std::ffi::OsString;
 
