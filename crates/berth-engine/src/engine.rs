@@ -173,6 +173,9 @@ impl Engine {
 
     /// `berth create`: image → snapshot → spec → bundle → monitor + runtime create.
     pub fn create(&self, req: &RunRequest, image: &Image) -> Result<Created> {
+        // The runtime places the init in its cgroup ~15 ms from now; starting the kernel's
+        // grace period here means it is over by then (see berth_runtime::cgroups::prewarm).
+        let _prewarm = berth_runtime::cgroups::prewarm::Prewarm::start();
         // Refuse sensitive binds before anything is allocated or mounted.
         crate::policy::check_binds(&req.binds, req.allow_sensitive_mount)?;
         let id = record::new_id()?;

@@ -17,8 +17,9 @@ use super::mountinfo::Hierarchy;
 pub struct Prewarm(Option<Pid>);
 
 impl Prewarm {
-    /// Forks the child. Must be called while the process is single-threaded. Best effort:
-    /// without a cgroup hierarchy or on fork failure nothing happens.
+    /// Forks the child. Safe in a multi-threaded process too: the child only makes
+    /// async-signal-safe calls. Best effort: without a cgroup hierarchy or on fork failure
+    /// nothing happens.
     pub fn start() -> Prewarm {
         let Some(procs) = Hierarchy::current().ok().and_then(|h| h.own_procs_file()) else {
             return Prewarm(None);
@@ -26,7 +27,7 @@ impl Prewarm {
         let Ok(path) = CString::new(procs.as_os_str().as_bytes()) else {
             return Prewarm(None);
         };
-        // SAFETY: single-threaded caller; the child only calls open/write/_exit.
+        // SAFETY: the child only calls open/write/_exit (async-signal-safe).
         match unsafe { fork() } {
             Ok(ForkResult::Child) => unsafe {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
