@@ -449,6 +449,30 @@ mod store {
     }
 
     #[test]
+    fn commit_refuses_a_partial_written_behind_its_back() {
+        // The digest is computed from what went through the writer, so bytes that reached
+        // the partial some other way must not be published under it.
+        let (_dir, store) = new_store();
+        let data = pattern(10_000, 3);
+        let d = Digest::of(&data);
+        let mut ing = store.begin_ingest(&d).unwrap();
+        ing.writer().write_all(&data).unwrap();
+        let partial = store
+            .root()
+            .join("ingest")
+            .join(format!("{}.partial", d.hex()));
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&partial)
+            .unwrap()
+            .write_all(b"extra")
+            .unwrap();
+        let err = ing.commit().unwrap_err();
+        assert!(err.to_string().contains("10005 bytes"), "{err}");
+        assert!(!store.has_blob(&d) && !partial.exists());
+    }
+
+    #[test]
     fn concurrent_ingest_downloads_once_across_threads_and_processes() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("image");

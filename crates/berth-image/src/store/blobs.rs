@@ -167,7 +167,10 @@ impl Store {
             blob: blob.clone(),
             partial,
             blobs_dir: self.blobs_dir(),
-            file,
+            writer: IngestWriter {
+                file,
+                hasher: prefix.clone(),
+            },
             present: false,
             partial_len: prefix.len(),
             prefix,
@@ -198,6 +201,25 @@ fn hash_file(f: &mut File) -> io::Result<Hasher> {
     }
 }
 
+/// The write end of an [`Ingest`]: appends to the partial and hashes exactly the bytes the
+/// file accepted.
+pub struct IngestWriter {
+    file: File,
+    hasher: Hasher,
+}
+
+impl Write for IngestWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// A resumable ingest of one blob, holding the digest's lock. Write the rest of the content
 /// with [`Ingest::writer`] (it appends to the partial), then [`Ingest::commit`]. Dropping it
 /// without committing keeps the partial for the next attempt to resume.
@@ -206,7 +228,7 @@ pub struct Ingest {
     blob: PathBuf,
     partial: PathBuf,
     blobs_dir: PathBuf,
-    file: File,
+    writer: IngestWriter,
     present: bool,
     partial_len: u64,
     prefix: Hasher,
@@ -241,7 +263,10 @@ impl Ingest {
             partial: blob.clone(),
             blobs_dir: PathBuf::new(),
             blob,
-            file: f,
+            writer: IngestWriter {
+                file: f,
+                hasher: Hasher::new(),
+            },
             present: true,
             partial_len: 0,
             prefix: Hasher::new(),
@@ -269,24 +294,40 @@ impl Ingest {
         self.prefix.clone()
     }
 
-    /// Appends to the partial. (For a present blob this is the blob opened read-only, so
-    /// writes fail rather than touch it.)
-    pub fn writer(&mut self) -> &mut File {
-        &mut self.file
+    /// Appends to the partial, hashing what it accepts. (For a present blob this is the
+    /// blob opened read-only, so writes fail rather than touch it.)
+    pub fn writer(&mut self) -> &mut IngestWriter {
+        &mut self.writer
     }
 
     /// Verifies the whole partial against the digest and moves it into place. On a
     /// mismatch the partial is deleted (resuming it could never succeed) and the error names
     /// both digests.
+    ///
+    /// The digest is that of the prefix read back when the ingest began plus every byte
+    /// the writer accepted since, so the blob is not read a second time; the partial's
+    /// length must match that count (nothing else wrote to it: we hold its lock).
     pub fn commit(mut self) -> Result<()> {
         if self.present {
             return Ok(());
         }
         let partial = self.partial.clone();
-        self.file.sync_all().map_err(io_err("syncing", &partial))?;
-        let actual = hash_file(&mut self.file)
-            .map_err(io_err("reading", &partial))?
-            .finish();
+        let file = &self.writer.file;
+        file.sync_all().map_err(io_err("syncing", &partial))?;
+        let on_disk = file.metadata().map_err(io_err("reading", &partial))?.len();
+        let hasher = std::mem::take(&mut self.writer.hasher);
+        let written = hasher.len();
+        let actual = hasher.finish();
+        if on_disk != written {
+            let _ = fs::remove_file(&partial);
+            return Err(StoreError::Io {
+                op: "verifying",
+                path: partial,
+                source: io::Error::other(format!(
+                    "the file holds {on_disk} bytes but {written} were written"
+                )),
+            });
+        }
         if actual != self.digest {
             let _ = fs::remove_file(&partial);
             return Err(StoreError::DigestMismatch {

@@ -33,7 +33,7 @@ use thiserror::Error;
 use crate::digest::Digest;
 use crate::reference::ReferenceError;
 
-pub use blobs::Ingest;
+pub use blobs::{Ingest, IngestWriter};
 pub use gc::{human_size, GcReport};
 pub use images::{familiar, Removed};
 pub(crate) use lock::FileLock;
