@@ -30,6 +30,7 @@ pub enum PullError {
 /// What a pull reports as it goes (the CLI draws progress bars or prints lines).
 pub trait Progress: Sync {
     fn resolved(&self, _reference: &Reference, _manifest: &Digest) {}
+    /// A layer's download begins (not called for a layer already in the store).
     fn layer_started(&self, _digest: &Digest, _size: u64) {}
     fn layer_bytes(&self, _digest: &Digest, _done: u64) {}
     fn layer_done(&self, _digest: &Digest, _already_present: bool) {}
@@ -110,6 +111,7 @@ pub fn pull(
         repo,
         &config_digest,
         manifest.config().size(),
+        &|| {},
         &|_| {},
     )?;
     let config: oci_spec::image::ImageConfiguration =
@@ -164,11 +166,16 @@ pub fn pull(
                 if first_err.lock().map(|e| e.is_some()).unwrap_or(true) {
                     break;
                 }
-                progress.layer_started(&digest, size);
                 // Unpack right after download, overlapping with the other downloads.
-                let r = fetch(store, client, repo, &digest, size, &|n| {
-                    progress.layer_bytes(&digest, n)
-                })
+                let r = fetch(
+                    store,
+                    client,
+                    repo,
+                    &digest,
+                    size,
+                    &|| progress.layer_started(&digest, size),
+                    &|n| progress.layer_bytes(&digest, n),
+                )
                 .and_then(|present| {
                     store.ensure_layer(&digest, &diff_id)?;
                     Ok(present)
@@ -191,19 +198,22 @@ pub fn pull(
     Ok(store.commit_image(&m.digest, std::slice::from_ref(reference))?)
 }
 
-/// Downloads one blob into the store unless present; true if it already was.
+/// Downloads one blob into the store unless present; true if it already was. `started`
+/// is called when a download begins (not for a blob already present).
 fn fetch(
     store: &Store,
     client: &Client,
     repo: &str,
     digest: &Digest,
     size: u64,
+    started: &dyn Fn(),
     progress: &dyn Fn(u64),
 ) -> Result<bool, PullError> {
     let mut ingest = store.begin_ingest(digest)?;
     if ingest.already_present() {
         return Ok(true);
     }
+    started();
     let offset = ingest.partial_len();
     let hasher = ingest.prefix_hasher();
     let mut report = |n: u64| progress(n);

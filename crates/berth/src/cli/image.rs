@@ -131,7 +131,10 @@ pub fn pull(g: &Global, image: &str, quiet: bool, insecure: bool) -> Result<Imag
         &pull::PullOptions::default(),
         &bars,
     )?;
-    if !quiet {
+    // Like podman: `pull -q` prints the image id alone, on stdout, for scripts.
+    if quiet {
+        println!("{}", img.id);
+    } else {
         eprintln!("{}", img.id);
     }
     Ok(img)
