@@ -70,16 +70,16 @@ pub struct Ipam {
 }
 
 impl Ipam {
-    /// `path` is the JSON file; its lock is `path` + ".lock".
+    /// `path` is the JSON file. The lock is one `.lock` file for the whole directory:
+    /// allocations are rare and short, and a lock file that is never deleted cannot be
+    /// raced by a removal (a waiter would otherwise lock an unlinked file).
     pub fn new(network: &str, subnet: Ipv4Net, gateway: Ipv4Addr, path: &Path) -> Ipam {
-        let mut lock = path.as_os_str().to_owned();
-        lock.push(".lock");
         Ipam {
             network: network.to_string(),
             subnet,
             gateway,
             path: path.to_path_buf(),
-            lock_path: PathBuf::from(lock),
+            lock_path: path.with_file_name(".lock"),
         }
     }
 
@@ -152,10 +152,20 @@ impl Ipam {
         Ok(self.load()?.allocations)
     }
 
-    /// Deletes the allocation file (the network is being removed).
-    pub(crate) fn destroy(&self) -> Result<(), IpamError> {
-        fsutil::remove_if_exists(&self.path).map_err(|e| self.io_err("removing", e))?;
-        fsutil::remove_if_exists(&self.lock_path).map_err(|e| self.io_err("removing", e))
+    /// For removing the network: under the lock, so no allocation can slip in, runs
+    /// `teardown` and deletes the allocation file if no address is allocated. Returns the
+    /// owners (and does nothing) otherwise.
+    pub(crate) fn remove_if_unused<E: From<IpamError>>(
+        &self,
+        teardown: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Vec<String>, E> {
+        let _lock = fsutil::lock(&self.lock_path).map_err(|e| self.io_err("locking", e))?;
+        let owners: Vec<String> = self.load()?.allocations.into_values().collect();
+        if owners.is_empty() {
+            teardown()?;
+            fsutil::remove_if_exists(&self.path).map_err(|e| self.io_err("removing", e))?;
+        }
+        Ok(owners)
     }
 
     fn check_requestable(&self, addr: Ipv4Addr) -> Result<(), IpamError> {

@@ -72,6 +72,25 @@ pub fn remove_port_mappings(net: &NetworkConfig, container_id: &str) -> Result<(
     Ok(nft::remove_ports(&net.nft_table, container_id)?)
 }
 
+/// Decides the host ports of `specs` (`-p`/`-P`) for a container on `net`: fixed ports
+/// must be free on the host and not published by another container, ephemeral ones are
+/// picked. Call before the container starts, so a conflict fails `run` early.
+pub fn resolve_host_ports(
+    net: &NetworkConfig,
+    specs: &[PortMappingSpec],
+) -> Result<Vec<PortMapping>> {
+    let published = published_ports(net)?;
+    let taken = |ip: Option<Ipv4Addr>, port: u16, proto: Proto| {
+        published.iter().any(|p| {
+            let m = &p.mapping;
+            m.host_port == port
+                && m.proto == proto
+                && (ip.is_none() || m.host_ip.is_none() || m.host_ip == ip)
+        })
+    };
+    Ok(resolve_ports(specs, &taken)?)
+}
+
 /// Host ports currently published in the network's table, for `resolve_ports`' `taken`.
 pub fn published_ports(net: &NetworkConfig) -> Result<Vec<MappedPort>> {
     Ok(nft::mapped_ports(&net.nft_table)?)

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use crate::config::NetworkConfig;
 use crate::netlink::{Netlink, VethSpec};
@@ -59,7 +60,11 @@ pub fn mac_for(addr: Ipv4Addr) -> [u8; 6] {
 pub fn ensure_bridge(net: &NetworkConfig) -> Result<(), LinkError> {
     let mut nl = Netlink::open().map_err(op("opening a netlink socket"))?;
     let br = &net.bridge;
-    nl.create_bridge(br, net.mtu)
+    // A bridge without a set MAC takes the lowest MAC of its ports, so it would change
+    // as containers come and go, and containers' ARP entries for the gateway would go
+    // stale (connections through the gateway stall for seconds). Fix it, derived from
+    // the gateway like the containers' own.
+    nl.create_bridge(br, net.mtu, mac_for(net.gateway))
         .map_err(op(format!("creating bridge {br} for network {}", net.name)))?;
     let index = nl
         .link_index(br)
@@ -125,21 +130,49 @@ pub fn attach(
     })
     .map_err(op(format!("creating veth {veth} for container {short}")))?;
 
-    let inside = configure_inside(net, &netns, addr, &short);
-    if let Err(e) = inside {
-        // Leave nothing behind: deleting the host end deletes the peer too.
-        let _ = host.delete_link(veth);
-        return Err(e);
+    match configure_inside(net, &netns, addr, &short) {
+        Ok((mut inside, eth0)) => {
+            wait_until_forwarding(&mut inside, eth0, veth);
+            Ok(attachment)
+        }
+        Err(e) => {
+            // Leave nothing behind: deleting the host end deletes the peer too.
+            let _ = host.delete_link(veth);
+            Err(e)
+        }
     }
-    Ok(attachment)
 }
 
+/// The kernel turns a new veth's carrier on asynchronously (linkwatch): until it has,
+/// the device's queue drops packets and the bridge port is disabled, so a container
+/// that starts sending at once would lose its first SYN and wait a 1 s retransmit.
+/// Waits, briefly and bounded, until eth0 can transmit and the host end forwards
+/// on the bridge; if that does not happen in time the kernel will still get there.
+fn wait_until_forwarding(inside: &mut Netlink, eth0: u32, veth: &str) {
+    const FORWARDING: &str = "3";
+    let brport_state = format!("/sys/class/net/{veth}/brport/state");
+    let deadline = Instant::now() + Duration::from_millis(200);
+    loop {
+        let host_ready =
+            std::fs::read_to_string(&brport_state).is_ok_and(|s| s.trim() == FORWARDING);
+        if host_ready && inside.is_transmitting(eth0).unwrap_or(true) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Configures lo and eth0 inside the container; returns the netlink socket there and
+/// eth0's index.
 fn configure_inside(
     net: &NetworkConfig,
     netns: &File,
     addr: Ipv4Addr,
     short: &str,
-) -> Result<(), LinkError> {
+) -> Result<(Netlink, u32), LinkError> {
     let mut nl = Netlink::open_in_netns(netns).map_err(op(format!(
         "opening a netlink socket in the network namespace of container {short}"
     )))?;
@@ -158,10 +191,12 @@ fn configure_inside(
     )))?;
     nl.set_up(index, None)
         .map_err(op(format!("setting eth0 up in container {short}")))?;
-    nl.add_default_route(index, net.gateway).map_err(op(format!(
-        "adding default route via {} in container {short}",
-        net.gateway
-    )))
+    nl.add_default_route(index, net.gateway)
+        .map_err(op(format!(
+            "adding default route via {} in container {short}",
+            net.gateway
+        )))?;
+    Ok((nl, index))
 }
 
 /// Removes the container's veth pair if it still exists (it dies with the container's

@@ -17,7 +17,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -132,11 +132,36 @@ impl Netlink {
         }
     }
 
-    /// Creates a bridge; an existing interface of that name is left alone (Ok(false)).
-    pub fn create_bridge(&mut self, name: &str, mtu: u32) -> io::Result<bool> {
+    /// Whether the interface can transmit: operationally up, and its queueing discipline
+    /// attached (the kernel sets operstate slightly before it swaps the "noop" qdisc,
+    /// which drops everything, for the real one).
+    pub fn is_transmitting(&mut self, index: u32) -> io::Result<bool> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        let replies = self.request(RouteNetlinkMessage::GetLink(msg), 0)?;
+        Ok(replies.iter().any(|r| match r {
+            RouteNetlinkMessage::NewLink(l) => {
+                let up = l
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up)));
+                let qdisc_ready = l
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Qdisc(q) if q != "noop"));
+                up && qdisc_ready
+            }
+            _ => false,
+        }))
+    }
+
+    /// Creates a bridge with a fixed MAC; an existing interface of that name is left
+    /// alone (Ok(false)).
+    pub fn create_bridge(&mut self, name: &str, mtu: u32, mac: [u8; 6]) -> io::Result<bool> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
         msg.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Bridge,

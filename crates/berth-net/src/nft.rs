@@ -23,7 +23,7 @@
 //! path); only the host's own 127.0.0.1 connections and hairpin traffic are masqueraded.
 //!
 //! Each operation is one `nft -j list table` (to find handles by tag) and one
-//! `nft -f -` batch, applied atomically by the kernel, under an flock per table so
+//! `nft -f -` batch, applied atomically by the kernel, under one flock so
 //! concurrent berth processes do not interleave list and change.
 
 use std::io::Write;
@@ -172,9 +172,10 @@ pub(crate) fn parse_listing(table: &str, json: &[u8]) -> Result<Vec<ListedRule>,
         .collect())
 }
 
-/// Holds the per-table lock for the duration of one list + change.
+/// Held for the duration of one list + change. One lock file for every table: changes
+/// are rare, and a fixed file is never left behind per (test) table.
 fn lock(table: &str) -> Result<crate::fsutil::LockGuard, NftError> {
-    let path = PathBuf::from(format!("/run/lock/berth-nft-{table}.lock"));
+    let path = PathBuf::from("/run/lock/berth-nft.lock");
     crate::fsutil::lock(&path).map_err(|source| NftError::Lock {
         table: table.to_string(),
         path,

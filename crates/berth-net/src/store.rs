@@ -260,22 +260,21 @@ impl Networks {
     /// Like [`Networks::remove`] but also for the default network (uninstall, tests).
     pub fn remove_unchecked(&self, net: &NetworkConfig) -> Result<(), Error> {
         let _lock = self.lock()?;
-        let ipam = self.ipam(net);
-        let allocs = ipam.allocations()?;
-        if !allocs.is_empty() {
-            let owners: Vec<String> = allocs
-                .values()
+        let owners = self
+            .ipam(net)
+            .remove_if_unused(|| crate::teardown_network(net))?;
+        if !owners.is_empty() {
+            let short: Vec<String> = owners
+                .iter()
                 .map(|o| o.chars().take(12).collect())
                 .collect();
             return Err(StoreError::InUse {
                 name: net.name.clone(),
-                count: owners.len(),
-                owners: owners.join(", "),
+                count: short.len(),
+                owners: short.join(", "),
             }
             .into());
         }
-        crate::teardown_network(net)?;
-        ipam.destroy()?;
         let path = self.path_of(&net.name);
         fsutil::remove_if_exists(&path).map_err(io_err("removing", &path))?;
         Ok(())

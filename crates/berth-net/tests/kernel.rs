@@ -33,7 +33,8 @@ fn attach_configures_eth0_route_and_lo_and_detach_removes_the_pair() {
         link.contains(&format!("02:42:{a:02x}:{b:02x}:{c3:02x}:{d:02x}")),
         "{link}"
     );
-    assert!(link.contains("mtu 1500") && link.contains(",UP"), "{link}");
+    assert!(link.contains("mtu 1450") && link.contains(",UP"), "{link}");
+    assert!(sh(&["ip", "-o", "link", "show", &net.bridge]).contains("mtu 1450"));
     let lo = ns.run(&["ip", "-o", "link", "show", "lo"]).unwrap();
     assert!(lo.contains(",UP"), "{lo}");
     let routes = ns.run(&["ip", "-4", "route"]).unwrap();
@@ -139,7 +140,7 @@ fn containers_on_one_network_reach_each_other_and_are_isolated_from_other_networ
 
     // across networks: routed by the host, dropped by the forward rules, both ways
     let l = other.listen_tcp(7001);
-    let e = a.connect(SocketAddrV4::new(co.addr, 7001));
+    let e = a.connect_refused(SocketAddrV4::new(co.addr, 7001));
     assert!(
         e.is_err(),
         "network {} reached network {}",
@@ -148,7 +149,7 @@ fn containers_on_one_network_reach_each_other_and_are_isolated_from_other_networ
     );
     let _l2 = a.listen_tcp(7002);
     assert!(other
-        .connect(SocketAddrV4::new(host(t1.net.subnet, 2), 7002))
+        .connect_refused(SocketAddrV4::new(host(t1.net.subnet, 2), 7002))
         .is_err());
 
     // control: without the second network's rules the same path is open, so it was the
@@ -185,7 +186,9 @@ fn egress_is_masqueraded_and_internal_networks_have_none() {
     );
 
     let _l = outside.ns.listen_tcp(9001);
-    assert!(ci.connect(SocketAddrV4::new(outside.addr, 9001)).is_err());
+    assert!(ci
+        .connect_refused(SocketAddrV4::new(outside.addr, 9001))
+        .is_err());
     // an internal network's containers still reach each other
     let ci2 = Ns::new();
     let a2 = attach(&ti.net, &ci2, 3);
@@ -234,7 +237,7 @@ fn tcp_port_mapping_from_loopback_host_address_and_a_client_namespace() {
     let server = serve_once(listener.try_clone().unwrap());
     let s = std::net::TcpStream::connect_timeout(
         &SocketAddrV4::new(Ipv4Addr::LOCALHOST, m.host_port).into(),
-        Duration::from_secs(1),
+        CONNECT_TIMEOUT,
     )
     .unwrap();
     assert_eq!(talk(s), "hello ping");
@@ -247,7 +250,7 @@ fn tcp_port_mapping_from_loopback_host_address_and_a_client_namespace() {
     let server = serve_once(listener.try_clone().unwrap());
     let s = std::net::TcpStream::connect_timeout(
         &SocketAddrV4::new(outside.host_addr, m.host_port).into(),
-        Duration::from_secs(1),
+        CONNECT_TIMEOUT,
     )
     .unwrap();
     assert_eq!(talk(s), "hello ping");
@@ -272,6 +275,20 @@ fn tcp_port_mapping_from_loopback_host_address_and_a_client_namespace() {
         .any(|p| p.container_id == a.id && p.mapping.host_port == m.host_port));
     let c2 = Ns::new();
     let a2 = attach(&t.net, &c2, 3);
+
+    // hairpin: a neighbour on the same bridge through the published port on the gateway
+    let server = serve_once(listener.try_clone().unwrap());
+    let s = c2
+        .connect(SocketAddrV4::new(t.net.gateway, m.host_port))
+        .unwrap();
+    assert_eq!(talk(s), "hello ping");
+    assert!(server.join().unwrap().is_some());
+
+    let specs = berth_net::parse_port_spec(&format!("{}:80", m.host_port)).unwrap();
+    let e = berth_net::resolve_host_ports(&t.net, &specs)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already in use"), "{e}");
     let e = berth_net::add_port_mappings(&t.net, &a2.id, a2.addr, &[m])
         .unwrap_err()
         .to_string();
