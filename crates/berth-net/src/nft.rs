@@ -7,7 +7,7 @@
 //! table inet berth
 //!   chain prerouting  nat dstnat    fib daddr type local jump ports          berth:base
 //!   chain output      nat -100      fib daddr type local jump ports          berth:base
-//!   chain ports       (regular)     [ip daddr H] tcp dport P dnat ip to A:C  berth:p:<cid>:tcp:P:H|*
+//!   chain ports       (regular)     [ip daddr H] tcp dport P dnat ip to A:C  berth:p:<cid>:tcp:P:H|*:C
 //!   chain postrouting nat srcnat    ip saddr S oifname != B masquerade       berth:n:B (egress)
 //!                                   oifname B ip saddr S ct status dnat masquerade  (hairpin)
 //!                                   oifname B ip saddr 127.0.0.0/8 masquerade      (host → 127.0.0.1:P)
@@ -233,16 +233,18 @@ pub(crate) fn network_rules(net: &NetworkConfig) -> String {
 fn port_tag(container_id: &str, m: &PortMapping) -> String {
     let ip = m.host_ip.map_or("*".to_string(), |ip| ip.to_string());
     format!(
-        "{PORT_PREFIX}{container_id}:{}:{}:{ip}",
-        m.proto, m.host_port
+        "{PORT_PREFIX}{container_id}:{}:{}:{ip}:{}",
+        m.proto, m.host_port, m.container_port
     )
 }
 
 fn parse_port_tag(tag: &str) -> Option<MappedPort> {
     let rest = tag.strip_prefix(PORT_PREFIX)?;
-    let mut parts = rest.rsplitn(4, ':');
+    // the id never contains ':', so split from the right
+    let mut parts = rest.rsplitn(5, ':');
+    let container_port = parts.next()?.parse().ok()?;
     let ip = parts.next()?;
-    let port = parts.next()?.parse().ok()?;
+    let host_port = parts.next()?.parse().ok()?;
     let proto = match parts.next()? {
         "tcp" => Proto::Tcp,
         "udp" => Proto::Udp,
@@ -256,12 +258,10 @@ fn parse_port_tag(tag: &str) -> Option<MappedPort> {
     };
     Some(MappedPort {
         container_id,
-        // the container port is not needed to recognise a mapping; read it from the
-        // rule's expression if ever needed
         mapping: PortMapping {
             host_ip,
-            host_port: port,
-            container_port: 0,
+            host_port,
+            container_port,
             proto,
         },
     })
@@ -427,7 +427,7 @@ pub fn remove_ports(table: &str, container_id: &str) -> Result<(), NftError> {
     )
 }
 
-/// Every host port published in `table` (container port left 0), for conflict checks.
+/// Every port published in `table`: for conflict checks and `berth port`.
 pub fn mapped_ports(table: &str) -> Result<Vec<MappedPort>, NftError> {
     Ok(list(table)?
         .unwrap_or_default()
@@ -489,10 +489,11 @@ mod tests {
         let r = port_rules("t", "c1", "10.89.1.2".parse().unwrap(), &ports);
         assert_eq!(
             r,
-            "add rule inet t ports tcp dport 8080 dnat ip to 10.89.1.2:80 comment \"berth:p:c1:tcp:8080:*\"\n\
-             add rule inet t ports ip daddr 127.0.0.1 udp dport 5353 dnat ip to 10.89.1.2:53 comment \"berth:p:c1:udp:5353:127.0.0.1\"\n"
+            "add rule inet t ports tcp dport 8080 dnat ip to 10.89.1.2:80 comment \"berth:p:c1:tcp:8080:*:80\"\n\
+             add rule inet t ports ip daddr 127.0.0.1 udp dport 5353 dnat ip to 10.89.1.2:53 comment \"berth:p:c1:udp:5353:127.0.0.1:53\"\n"
         );
-        let back = parse_port_tag("berth:p:c1:udp:5353:127.0.0.1").unwrap();
+        let back = parse_port_tag("berth:p:c1:udp:5353:127.0.0.1:53").unwrap();
+        assert_eq!(back.mapping, ports[1]);
         assert_eq!(back.container_id, "c1");
         assert_eq!(back.mapping.host_port, 5353);
         assert_eq!(back.mapping.host_ip, Some("127.0.0.1".parse().unwrap()));

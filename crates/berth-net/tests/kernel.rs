@@ -272,7 +272,7 @@ fn tcp_port_mapping_from_loopback_host_address_and_a_client_namespace() {
     let published = berth_net::published_ports(&t.net).unwrap();
     assert!(published
         .iter()
-        .any(|p| p.container_id == a.id && p.mapping.host_port == m.host_port));
+        .any(|p| p.container_id == a.id && p.mapping == m));
     let c2 = Ns::new();
     let a2 = attach(&t.net, &c2, 3);
 
