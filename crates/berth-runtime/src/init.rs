@@ -75,13 +75,25 @@ fn stage1_inner(chan: &Channel, args: &InitArgs<'_>) -> Result<()> {
             namespaces::write_time_offsets(off)?;
         }
     }
+    // The parent must hear the init's pid before anything the init says: the init waits
+    // on this pipe until stage-1 has sent it (or died).
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(sys("creating the pid-sent pipe"))?;
     // SAFETY: single-threaded process; the child only runs our init code and _exits.
     match unsafe { nix::unistd::fork() }.map_err(sys("forking container init"))? {
-        ForkResult::Child => init(chan, args),
+        ForkResult::Child => {
+            drop(ready_w);
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(&ready_r, &mut b);
+            drop(ready_r);
+            init(chan, args)
+        }
         ForkResult::Parent { child } => {
+            drop(ready_r);
             chan.send(&Msg::Pid {
                 pid: child.as_raw(),
             })?;
+            let _ = nix::unistd::write(&ready_w, b"1");
             Ok(())
         }
     }
