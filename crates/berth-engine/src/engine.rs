@@ -17,6 +17,7 @@ use serde_json::json;
 use thiserror::Error;
 
 use crate::monitor::{self, MonitorSpec};
+use crate::network::{self, ContainerNet, NetError, NetSettings};
 use crate::paths::Paths;
 use crate::record::{self, ContainerRecord, RecordError, Records};
 use crate::request::{self, RunRequest, UsernsMode};
@@ -44,6 +45,8 @@ pub enum EngineError {
     Monitor(#[from] monitor::MonitorError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("container {name} is {status}: {what}")]
     State {
         name: String,
@@ -102,6 +105,7 @@ pub struct Engine {
     pub monitor_binary: PathBuf,
     /// tini, for `--init` (docker ships it as docker-init).
     pub init_binary: Option<PathBuf>,
+    pub net: NetSettings,
 }
 
 /// What `create` reports.
@@ -124,12 +128,25 @@ impl Engine {
             runtime,
             monitor_binary: monitor::locate_binary(),
             init_binary: init,
+            net: NetSettings::from_env()?,
             paths,
         })
     }
 
     pub fn store(&self) -> Result<Store> {
         Ok(Store::open(&self.paths.images())?)
+    }
+
+    pub fn networks(&self) -> Result<berth_net::Networks> {
+        Ok(network::open(&self.paths.networks(), &self.net)?)
+    }
+
+    /// The request's network mode with `Default` replaced by the configured default.
+    pub fn network_mode(&self, req: &RunRequest) -> Result<request::NetworkMode> {
+        Ok(match &req.network {
+            request::NetworkMode::Default => request::parse_network(&self.net.default_network)?,
+            m => m.clone(),
+        })
     }
 
     fn allocator(&self) -> Result<Allocator> {
@@ -176,8 +193,12 @@ impl Engine {
         // The runtime places the init in its cgroup ~15 ms from now; starting the kernel's
         // grace period here means it is over by then (see berth_runtime::cgroups::prewarm).
         let _prewarm = berth_runtime::cgroups::prewarm::Prewarm::start();
-        // Refuse sensitive binds before anything is allocated or mounted.
+        // Refuse sensitive binds and impossible network flags before anything is
+        // allocated or mounted.
         crate::policy::check_binds(&req.binds, req.allow_sensitive_mount)?;
+        let mut resolved = req.clone();
+        resolved.network = self.network_mode(req)?;
+        let req = &resolved.check_network()?;
         let id = record::new_id()?;
         // Reserve the name: the record exists from here on, so rm can always clean up.
         let name = {
@@ -233,9 +254,16 @@ impl Engine {
             layers.push(store.ensure_layer(&l.blob, &l.diff_id)?);
         }
         berth_runtime::debug::step(|| "engine: layers ensured".into());
-        let range: Option<IdRange> = match req.userns {
-            UsernsMode::Host => None,
-            _ => Some(self.allocator()?.allocate(id)?),
+        // --network container:X joins X's network namespace, which X's user namespace
+        // owns: join that too, and present the rootfs with X's id range.
+        let shared = match &req.network {
+            request::NetworkMode::Container(other) => Some(self.shared_namespaces(other)?),
+            _ => None,
+        };
+        let range: Option<IdRange> = match (&shared, req.userns) {
+            (Some(sh), _) => sh.range,
+            (None, UsernsMode::Host) => None,
+            (None, _) => Some(self.allocator()?.allocate(id)?),
         };
         berth_runtime::debug::step(|| "engine: id range allocated".into());
         let maps = range.map(|r| {
@@ -257,6 +285,19 @@ impl Engine {
         ctx.name = name.to_string();
         ctx.id_range = range;
         ctx.init_binary = self.init_binary.clone();
+        if let Some(sh) = &shared {
+            ctx.network = Some(spec_builder::Network::Join(sh.net.clone().into()));
+            ctx.user_ns_path = sh.user.clone();
+            ctx.extra_mounts = sh.files.clone();
+        }
+        let cnet = match &req.network {
+            request::NetworkMode::Bridge(net) => {
+                let (cnet, mounts) = self.prepare_network(id, name, net, req, image)?;
+                ctx.extra_mounts = mounts;
+                Some(cnet)
+            }
+            _ => None,
+        };
         if let Some(u) = spec_builder::user_to_resolve(&image.config, req) {
             ctx.user = Some(request::resolve_user(&rootfs, &u)?);
         }
@@ -278,6 +319,9 @@ impl Engine {
         rec.hostname = spec.hostname().clone().unwrap_or_default();
         rec.userns_base = range.map(|r| r.start);
         rec.userns_size = range.map(|r| r.size);
+        if let Some(c) = &cnet {
+            c.store(&mut rec.extra);
+        }
         self.records.save(&rec)?;
         self.spawn_monitor(&rec)?;
         Ok(warnings)
@@ -323,6 +367,10 @@ impl Engine {
         let mut rec = self.records.load(&rec.id)?;
         rec.monitor_pid = Some(spawned.monitor_pid);
         self.records.update(&rec)?;
+        if let Some(c) = ContainerNet::from_record(&rec.extra) {
+            self.plumb(&rec.id, &c, spawned.init_pid)?;
+            berth_runtime::debug::step(|| "engine: network plumbed".into());
+        }
         Ok(())
     }
 
@@ -515,6 +563,13 @@ impl Engine {
                 );
             }
         }
+        if let Some(c) = rec
+            .as_ref()
+            .and_then(|r| ContainerNet::from_record(&r.extra))
+        {
+            self.unplumb(id, &c)?;
+            berth_runtime::debug::step(|| "engine: rm: network released".into());
+        }
         snapshot::unmount(&self.paths.snapshot(id))?;
         berth_runtime::debug::step(|| "engine: rm: snapshot unmounted".into());
         if let Ok(a) = self.allocator() {
@@ -539,6 +594,14 @@ impl Engine {
         let live: Vec<String> = self.records.all()?.into_iter().map(|r| r.id).collect();
         if let Ok(a) = self.allocator() {
             a.release_all_except(&live)?;
+        }
+        // Addresses of containers that are gone (their records removed by a crash of rm).
+        if let Ok(nets) = self.networks() {
+            for n in nets.list().unwrap_or_default() {
+                let _ = nets
+                    .ipam(&n)
+                    .retain(&|owner| live.iter().any(|l| l == owner));
+            }
         }
         Ok(())
     }

@@ -60,6 +60,10 @@ impl Paths {
         self.run.join("runtime")
     }
 
+    pub fn networks(&self) -> PathBuf {
+        self.root.join("networks")
+    }
+
     pub fn userns_db(&self) -> PathBuf {
         self.root.join("userns.json")
     }

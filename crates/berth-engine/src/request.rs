@@ -88,8 +88,19 @@ pub struct RunFlags {
     pub hostname: Option<String>,
     pub entrypoint: Option<String>,
     pub init: bool,
-    /// "none" (default when empty) or "host".
+    /// "" (the engine's default network), none, host, bridge, a network's name, or
+    /// container:NAME.
     pub network: String,
+    /// -p/--publish, as typed.
+    pub publish: Vec<String>,
+    /// -P: publish the image's exposed ports on ephemeral host ports.
+    pub publish_all: bool,
+    pub ip: Option<String>,
+    /// --add-host NAME:IP.
+    pub add_host: Vec<String>,
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub dns_option: Vec<String>,
     pub allow_sensitive_mount: bool,
     pub label: Vec<String>,
     pub image: String,
@@ -124,6 +135,14 @@ pub struct RunRequest {
     pub entrypoint: Option<Vec<String>>,
     pub init: bool,
     pub network: NetworkMode,
+    /// Ports to publish (host ports resolved by the engine when it creates the container).
+    pub publish: Vec<berth_net::PortMappingSpec>,
+    pub publish_all: bool,
+    pub ip: Option<std::net::Ipv4Addr>,
+    pub add_hosts: Vec<(String, std::net::IpAddr)>,
+    pub dns: Vec<std::net::IpAddr>,
+    pub dns_search: Vec<String>,
+    pub dns_options: Vec<String>,
     pub allow_sensitive_mount: bool,
     pub labels: BTreeMap<String, String>,
     pub image: String,
@@ -242,13 +261,26 @@ pub enum UsernsMode {
     Host,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NetworkMode {
-    /// A new network namespace with only loopback.
+    /// The engine's default network (its configuration says which).
     #[default]
+    Default,
+    /// A new network namespace with only loopback.
     None,
     /// The host's network namespace.
     Host,
+    /// A bridge network, by name ("bridge" is the default one).
+    Bridge(String),
+    /// Another container's network namespace (`container:NAME`).
+    Container(String),
+}
+
+impl NetworkMode {
+    /// Ports, addresses and DNS settings only make sense with a network of our own.
+    pub fn is_bridge(&self) -> bool {
+        matches!(self, NetworkMode::Bridge(_))
+    }
 }
 
 impl RunRequest {
@@ -323,7 +355,7 @@ impl RunRequest {
             labels.insert(k, v);
         }
 
-        Ok(RunRequest {
+        RunRequest {
             detach: flags.detach,
             interactive: flags.interactive,
             tty: flags.tty,
@@ -367,11 +399,84 @@ impl RunRequest {
             }),
             init: flags.init,
             network: parse_network(&flags.network)?,
+            publish: flags
+                .publish
+                .iter()
+                .map(|p| berth_net::parse_port_spec(p).map_err(|e| invalid("-p", p, e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect(),
+            publish_all: flags.publish_all,
+            ip: flags
+                .ip
+                .as_deref()
+                .map(|ip| {
+                    ip.parse()
+                        .map_err(|_| invalid("--ip", ip, "not an IPv4 address"))
+                })
+                .transpose()?,
+            add_hosts: flags
+                .add_host
+                .iter()
+                .map(|h| parse_add_host(h))
+                .collect::<Result<_, _>>()?,
+            dns: flags
+                .dns
+                .iter()
+                .map(|d| {
+                    d.parse()
+                        .map_err(|_| invalid("--dns", d, "not an IP address"))
+                })
+                .collect::<Result<_, _>>()?,
+            dns_search: flags.dns_search.clone(),
+            dns_options: flags.dns_option.clone(),
             allow_sensitive_mount: flags.allow_sensitive_mount,
             labels,
             image: flags.image.clone(),
             command: flags.command.clone(),
-        })
+        }
+        .check_network()
+    }
+
+    /// Refuses network flags the network mode cannot honour, as docker does. Called again
+    /// by the engine once it has replaced `NetworkMode::Default` by its default network.
+    pub fn check_network(self) -> Result<RunRequest, RequestError> {
+        let mode = match &self.network {
+            NetworkMode::Default | NetworkMode::Bridge(_) => return Ok(self),
+            NetworkMode::None => "--network none",
+            NetworkMode::Host => "--network host",
+            NetworkMode::Container(_) => "--network container:",
+        };
+        let conflict = |flag: &'static str| {
+            Err(RequestError::Conflict {
+                flag,
+                reason: format!(
+                    "cannot be combined with {mode} (the container has no network of its own)"
+                ),
+            })
+        };
+        if !self.publish.is_empty() {
+            return conflict("-p");
+        }
+        if self.publish_all {
+            return conflict("-P");
+        }
+        if self.ip.is_some() {
+            return conflict("--ip");
+        }
+        if matches!(self.network, NetworkMode::Container(_)) {
+            if self.hostname.is_some() {
+                return conflict("--hostname");
+            }
+            if !self.dns.is_empty() || !self.dns_search.is_empty() || !self.dns_options.is_empty() {
+                return conflict("--dns");
+            }
+            if !self.add_hosts.is_empty() {
+                return conflict("--add-host");
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -684,10 +789,46 @@ pub fn parse_userns(s: &str) -> Result<UsernsMode, RequestError> {
 
 pub fn parse_network(s: &str) -> Result<NetworkMode, RequestError> {
     match s {
-        "" | "none" => Ok(NetworkMode::None),
+        "" | "default" => Ok(NetworkMode::Default),
+        "none" => Ok(NetworkMode::None),
         "host" => Ok(NetworkMode::Host),
-        _ => Err(invalid("--network", s, "supported: none, host")),
+        _ => {
+            if let Some(other) = s.strip_prefix("container:") {
+                if other.is_empty() {
+                    return Err(invalid(
+                        "--network",
+                        s,
+                        "container: needs a container name or id",
+                    ));
+                }
+                return Ok(NetworkMode::Container(other.to_string()));
+            }
+            berth_net::config::validate_name(s).map_err(|e| {
+                invalid(
+                    "--network",
+                    s,
+                    format!("{e} (use none, host, bridge, a network's name or container:NAME)"),
+                )
+            })?;
+            Ok(NetworkMode::Bridge(s.to_string()))
+        }
     }
+}
+
+/// `--add-host NAME:IP` (docker also accepts `NAME=IP`; IPv6 addresses contain colons, so
+/// split at the first separator).
+pub fn parse_add_host(s: &str) -> Result<(String, std::net::IpAddr), RequestError> {
+    let (name, ip) = s
+        .split_once('=')
+        .or_else(|| s.split_once(':'))
+        .ok_or_else(|| invalid("--add-host", s, "expected NAME:IP"))?;
+    let name = parse_hostname(name).map_err(|_| invalid("--add-host", s, "bad host name"))?;
+    let ip = ip
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| invalid("--add-host", s, "not an IP address"))?;
+    Ok((name, ip))
 }
 
 /// A hostname the kernel accepts (at most 64 bytes) that is also a valid DNS name.
@@ -1426,7 +1567,35 @@ mod tests {
         assert_eq!(r.command, ["echo", "hi"]);
 
         assert!(msg(parse_userns("keep-id")).contains("supported: auto, host"));
-        assert!(msg(parse_network("bridge")).contains("supported: none, host"));
+        assert_eq!(
+            parse_network("bridge").unwrap(),
+            NetworkMode::Bridge("bridge".into())
+        );
+        assert_eq!(parse_network("").unwrap(), NetworkMode::Default);
+        assert_eq!(
+            parse_network("container:db").unwrap(),
+            NetworkMode::Container("db".into())
+        );
+        assert!(msg(parse_network("container:")).contains("needs a container"));
+        assert!(msg(parse_network("bad name!")).contains("network's name"));
+        assert_eq!(
+            parse_add_host("db:10.0.0.9").unwrap(),
+            ("db".into(), "10.0.0.9".parse().unwrap())
+        );
+        assert!(parse_add_host("db:[::1]").unwrap().1.is_ipv6());
+        assert!(msg(parse_add_host("db")).contains("NAME:IP"));
+        // Network flags that the mode can't honour.
+        let mut f = flags("busybox");
+        f.network = "none".into();
+        f.publish = vec!["8080:80".into()];
+        assert!(msg(RunRequest::parse(&f, &no_env)).contains("--network none"));
+        f.network = "container:db".into();
+        f.publish.clear();
+        f.dns = vec!["10.0.0.1".into()];
+        assert!(msg(RunRequest::parse(&f, &no_env)).contains("--dns"));
+        f.network = "bridge".into();
+        f.publish = vec!["x:80".into()];
+        assert!(msg(RunRequest::parse(&f, &no_env)).contains("-p"));
         assert!(parse_hostname("-bad").is_err());
         assert!(parse_hostname(&"a".repeat(65)).is_err());
         assert!(parse_hostname("a_b").is_err());

@@ -85,6 +85,9 @@ pub struct BuildContext {
     /// Mounts from other parts of the engine (/etc/resolv.conf, /etc/hosts, ...), placed
     /// after the defaults and before the user's.
     pub extra_mounts: Vec<Mount>,
+    /// Join this user namespace instead of making one (`--network container:X` shares X's
+    /// user namespace, which owns X's network namespace); `id_range` is then X's range.
+    pub user_ns_path: Option<String>,
 }
 
 impl BuildContext {
@@ -103,6 +106,7 @@ impl BuildContext {
             host: HostLimits::detect(),
             init_binary: None,
             extra_mounts: Vec::new(),
+            user_ns_path: None,
         }
     }
 }
@@ -241,9 +245,13 @@ pub fn build_spec(
     };
 
     // Network and hostname.
+    // Container mode's namespace path comes from the engine through ctx.network.
     let network = ctx.network.clone().unwrap_or(match req.network {
-        NetworkMode::None => Network::New,
         NetworkMode::Host => Network::Host,
+        NetworkMode::None
+        | NetworkMode::Default
+        | NetworkMode::Bridge(_)
+        | NetworkMode::Container(_) => Network::New,
     });
     let hostname = match (&req.hostname, &ctx.hostname, &network) {
         (Some(h), _, _) | (None, Some(h), _) => h.clone(),
@@ -372,8 +380,10 @@ pub fn build_spec(
         Network::Join(p) => namespaces.push(json!({"type": "network", "path": p})),
         Network::Host => {}
     }
-    if range.is_some() {
-        namespaces.push(json!({"type": "user"}));
+    match (&ctx.user_ns_path, range) {
+        (Some(p), _) => namespaces.push(json!({"type": "user", "path": p})),
+        (None, Some(_)) => namespaces.push(json!({"type": "user"})),
+        (None, None) => {}
     }
 
     // Resources.
@@ -434,7 +444,7 @@ pub fn build_spec(
         "maskedPaths": MASKED_PATHS,
         "readonlyPaths": READONLY_PATHS,
     });
-    if let Some(r) = range {
+    if let (Some(r), None) = (range, &ctx.user_ns_path) {
         let map = json!([{"containerID": 0, "hostID": r.start, "size": r.size}]);
         linux["uidMappings"] = map.clone();
         linux["gidMappings"] = map;

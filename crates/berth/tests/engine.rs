@@ -44,6 +44,9 @@ impl Berth {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new(berth_bin());
+        // These tests are about containers, not networks: no bridge on the host for them
+        // (tests/network.rs has its own bridges, subnets and nftables tables).
+        c.env("BERTH_DEFAULT_NETWORK", "none");
         c.arg("--root")
             .arg(self.root())
             .arg("--runroot")

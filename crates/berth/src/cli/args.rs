@@ -90,9 +90,29 @@ pub struct RunArgs {
     /// Run an init process (tini) as PID 1 that reaps zombies and forwards signals.
     #[arg(long)]
     pub init: bool,
-    /// none (only loopback) or host.
-    #[arg(long, default_value = "none")]
+    /// bridge (the default network), none (only loopback), host, a network's name, or
+    /// container:NAME (share another container's network namespace).
+    #[arg(long = "network", visible_alias = "net", default_value = "")]
     pub network: String,
+    /// Publish a port: [hostip:][hostport:]containerport[/tcp|/udp]; ranges as 8000-8001:80-81.
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Publish every port the image exposes on an ephemeral host port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// The container's IPv4 address on its network.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// An extra /etc/hosts line: NAME:IP.
+    #[arg(long = "add-host")]
+    pub add_host: Vec<String>,
+    /// A nameserver for the container's /etc/resolv.conf (instead of the host's).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    #[arg(long = "dns-search")]
+    pub dns_search: Vec<String>,
+    #[arg(long = "dns-option")]
+    pub dns_option: Vec<String>,
     /// Allow bind mounts of sensitive host paths (/etc, /proc, ...), with a warning.
     #[arg(long = "allow-sensitive-mount")]
     pub allow_sensitive_mount: bool,
@@ -108,9 +128,9 @@ pub struct RunArgs {
 #[derive(Subcommand, Debug)]
 pub enum EngineCmd {
     /// Create and start a container.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create a container without starting it.
-    Create(RunArgs),
+    Create(Box<RunArgs>),
     /// Start created or stopped containers.
     Start {
         /// Attach to its output and wait for it.
@@ -252,4 +272,46 @@ pub enum EngineCmd {
     Logout { registry: String },
     /// Remove unused images' blobs and layers.
     Prune,
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// List a container's published ports, or the mapping of one container port.
+    Port {
+        container: String,
+        /// PORT[/PROTO]
+        port: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCmd {
+    /// Create a bridge network.
+    Create {
+        /// e.g. 10.89.5.0/24 (default: the next free /24 of 10.89.0.0/16).
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Default: the subnet's first address.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// No traffic in or out of the network's subnet.
+        #[arg(long)]
+        internal: bool,
+        #[arg(short, long = "label")]
+        label: Vec<String>,
+        name: String,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        /// table, or json (one object per line).
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Show networks as JSON.
+    Inspect { names: Vec<String> },
+    /// Remove networks (refused while containers use them).
+    #[command(alias = "remove")]
+    Rm { names: Vec<String> },
 }

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod container;
 pub mod image;
+pub mod network;
 pub mod oci;
 pub mod tty;
 
@@ -28,7 +29,7 @@ struct Berth {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// The OCI runtime, with runc's command line (`berth oci run ...`).
-    Oci(oci::RuntimeCli),
+    Oci(Box<oci::RuntimeCli>),
     #[command(flatten)]
     Engine(EngineCmd),
 }
@@ -50,7 +51,7 @@ pub fn main_berth(args: Vec<OsString>) -> i32 {
         berth_runtime::debug::enable();
     }
     let r = match cli.cmd {
-        Cmd::Oci(rt) => return oci::dispatch(rt),
+        Cmd::Oci(rt) => return oci::dispatch(*rt),
         Cmd::Engine(cmd) => engine(&g, cmd),
     };
     match r {
@@ -137,6 +138,8 @@ fn engine(g: &Global, cmd: EngineCmd) -> anyhow::Result<i32> {
             };
             image::rmi(g, &images, force, &in_use).map(|_| 0)
         }
+        Network(cmd) => network::network(g, cmd),
+        Port { container: c, port } => network::port(g, &c, port.as_deref()),
         Tag { source, target } => image::tag(g, &source, &target).map(|_| 0),
         Load { input } => image::load(g, input.as_deref()).map(|_| 0),
         Save { output, images } => image::save(g, &images, output.as_deref()).map(|_| 0),

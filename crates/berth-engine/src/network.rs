@@ -1,0 +1,374 @@
+//! The engine's side of networking. At create: which network the container joins, its
+//! address and published ports (kept in its record), and the files it gets (/etc/hosts,
+//! /etc/resolv.conf, /etc/hostname). Once the runtime has created the container (its
+//! network namespace exists, the process has not started): plumb it through berth-net.
+//! At rm: unpublish, unplug, release. Every step tolerates "already done".
+//!
+//! Name resolution on user networks (docker's semantics: not on the default `bridge`):
+//! every container's /etc/hosts lists the other containers of its network, rewritten in
+//! place (it is bind-mounted, so the inode must stay) whenever one joins or leaves. libc
+//! reads /etc/hosts on every lookup, so names stay correct as containers come and go,
+//! with no resolver process to run and nothing forwarded anywhere.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use berth_net::{NetworkConfig, Networks, PortMapping, PortMappingSpec, Proto};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Net(#[from] berth_net::Error),
+    #[error("invalid {var} {value:?}: {reason}")]
+    Setting {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetError {
+    let path = path.to_path_buf();
+    move |source| NetError::Io { op, path, source }
+}
+
+/// Host-wide network settings (podman keeps these in containers.conf; berth reads the
+/// environment): the network a container gets without `--network`, and the default
+/// bridge network's bridge, subnet and the nftables table berth owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSettings {
+    /// BERTH_DEFAULT_NETWORK: "bridge" unless set (none, host or a network's name).
+    pub default_network: String,
+    /// BERTH_BRIDGE: the default network's bridge device, "berth0".
+    pub bridge: String,
+    /// BERTH_BRIDGE_SUBNET: the default network's subnet, 10.88.0.0/16.
+    pub subnet: ipnet::Ipv4Net,
+    /// BERTH_NFT_TABLE: berth's nftables table (inet family), "berth".
+    pub nft_table: String,
+}
+
+impl NetSettings {
+    pub fn from_env() -> Result<NetSettings, NetError> {
+        Self::from_lookup(&|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<NetSettings, NetError> {
+        let subnet = match get("BERTH_BRIDGE_SUBNET") {
+            Some(v) => v.parse().map_err(|_| NetError::Setting {
+                var: "BERTH_BRIDGE_SUBNET",
+                value: v.clone(),
+                reason: "not an IPv4 subnet like 10.88.0.0/16".into(),
+            })?,
+            None => ipnet::Ipv4Net::new(Ipv4Addr::new(10, 88, 0, 0), 16).unwrap_or_default(),
+        };
+        let s = NetSettings {
+            default_network: get("BERTH_DEFAULT_NETWORK")
+                .unwrap_or_else(|| berth_net::config::DEFAULT_NETWORK.into()),
+            bridge: get("BERTH_BRIDGE").unwrap_or_else(|| berth_net::config::DEFAULT_BRIDGE.into()),
+            subnet,
+            nft_table: get("BERTH_NFT_TABLE")
+                .unwrap_or_else(|| berth_net::config::DEFAULT_NFT_TABLE.into()),
+        };
+        let bad = |var, value: &str, e: berth_net::config::ConfigError| NetError::Setting {
+            var,
+            value: value.to_string(),
+            reason: e.to_string(),
+        };
+        berth_net::config::validate_bridge(&s.bridge)
+            .map_err(|e| bad("BERTH_BRIDGE", &s.bridge, e))?;
+        berth_net::config::validate_table(&s.nft_table)
+            .map_err(|e| bad("BERTH_NFT_TABLE", &s.nft_table, e))?;
+        Ok(s)
+    }
+}
+
+/// A container's place on a bridge network, in its record (`extra.net`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerNet {
+    pub network: String,
+    pub addr: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    /// The name other containers of a user network reach it by.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub add_hosts: Vec<(String, IpAddr)>,
+}
+
+impl ContainerNet {
+    pub fn from_record(extra: &serde_json::Map<String, serde_json::Value>) -> Option<Self> {
+        extra
+            .get("net")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    pub fn store(&self, extra: &mut serde_json::Map<String, serde_json::Value>) {
+        if let Ok(v) = serde_json::to_value(self) {
+            extra.insert("net".into(), v);
+        }
+    }
+}
+
+/// The networks of this engine root, with berth's table.
+pub fn open(dir: &Path, s: &NetSettings) -> Result<Networks, NetError> {
+    Ok(Networks::open_with_table(dir, &s.nft_table)?)
+}
+
+/// A network by name; the default one is made on first use from the settings.
+pub fn get_or_default(
+    nets: &Networks,
+    name: &str,
+    s: &NetSettings,
+) -> Result<NetworkConfig, NetError> {
+    if name != berth_net::config::DEFAULT_NETWORK {
+        return Ok(nets.get(name)?);
+    }
+    if let Ok(n) = nets.get(name) {
+        return Ok(n);
+    }
+    let req = berth_net::CreateRequest {
+        name: name.to_string(),
+        subnet: Some(s.subnet),
+        bridge: Some(s.bridge.clone()),
+        ..Default::default()
+    };
+    match nets.create(&req) {
+        Ok(n) => Ok(n),
+        // Another process made it first.
+        Err(_) if nets.get(name).is_ok() => Ok(nets.get(name)?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The port specs of `-p`, plus the image's exposed ports on ephemeral host ports for `-P`.
+pub fn port_specs(
+    publish: &[PortMappingSpec],
+    publish_all: bool,
+    exposed: &[String],
+) -> Vec<PortMappingSpec> {
+    let mut out = publish.to_vec();
+    if publish_all {
+        for e in exposed {
+            let (port, proto) = e.split_once('/').unwrap_or((e, "tcp"));
+            let (Ok(port), Some(proto)) = (port.parse::<u16>(), parse_proto(proto)) else {
+                continue;
+            };
+            if !out
+                .iter()
+                .any(|p| p.container_port == port && p.proto == proto)
+            {
+                out.push(PortMappingSpec {
+                    host_ip: None,
+                    host_ports: None,
+                    container_port: port,
+                    proto,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn parse_proto(s: &str) -> Option<Proto> {
+    match s {
+        "tcp" => Some(Proto::Tcp),
+        "udp" => Some(Proto::Udp),
+        _ => None,
+    }
+}
+
+/// The kernel side of a network exists (after a reboot it doesn't): the bridge device is
+/// the marker; when it is missing, bridge, sysctls and rules are (re)made.
+pub fn ensure_kernel_state(net: &NetworkConfig) -> Result<(), NetError> {
+    if !Path::new("/sys/class/net").join(&net.bridge).exists() {
+        berth_net::setup_network(net)?;
+    }
+    Ok(())
+}
+
+/// The container's /etc/hosts, /etc/resolv.conf and /etc/hostname, in `dir`.
+pub struct Files {
+    pub hosts: PathBuf,
+    pub resolv: PathBuf,
+    pub hostname: PathBuf,
+}
+
+impl Files {
+    pub fn in_dir(dir: &Path) -> Files {
+        Files {
+            hosts: dir.join("hosts"),
+            resolv: dir.join("resolv.conf"),
+            hostname: dir.join("hostname"),
+        }
+    }
+}
+
+/// Writes the three files for a new container. `dns` empty: the host's usable nameservers.
+pub fn write_files(
+    files: &Files,
+    c: &ContainerNet,
+    peers: &[(String, Ipv4Addr)],
+    dns: &[IpAddr],
+    search: &[String],
+    options: &[String],
+) -> Result<(), NetError> {
+    write_in_place(&files.hosts, hosts_text(c, peers).as_bytes())?;
+    let ns = if dns.is_empty() {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| berth_net::files::usable_host_nameservers(&t))
+            .unwrap_or_default()
+    } else {
+        dns.to_vec()
+    };
+    let search = if search.is_empty() && dns.is_empty() {
+        host_search()
+    } else {
+        search.to_vec()
+    };
+    write_in_place(
+        &files.resolv,
+        berth_net::resolv_conf(&ns, &search, options).as_bytes(),
+    )?;
+    write_in_place(&files.hostname, format!("{}\n", c.hostname).as_bytes())?;
+    Ok(())
+}
+
+fn host_search() -> Vec<String> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("search"))
+        .flat_map(|r| r.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .collect()
+}
+
+/// /etc/hosts: berth-net's base (localhost, own name, --add-host) and the peers.
+pub fn hosts_text(c: &ContainerNet, peers: &[(String, Ipv4Addr)]) -> String {
+    let mut text = berth_net::hosts_file(&c.hostname, c.addr, &c.add_hosts);
+    for (name, addr) in peers {
+        if *name != c.name {
+            text.push_str(&format!("{addr}\t{name}\n"));
+        }
+    }
+    text
+}
+
+/// Rewrites a bind-mounted file keeping its inode (a rename would leave the container
+/// with the old one): write from the start, then cut to length.
+pub fn write_in_place(path: &Path, data: &[u8]) -> Result<(), NetError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)
+        .map_err(io("opening", path))?;
+    f.write_all(data).map_err(io("writing", path))?;
+    f.set_len(data.len() as u64)
+        .map_err(io("truncating", path))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_default_and_from_environment() {
+        let s = NetSettings::from_lookup(&|_| None).unwrap();
+        assert_eq!(s.default_network, "bridge");
+        assert_eq!(s.bridge, "berth0");
+        assert_eq!(s.subnet.to_string(), "10.88.0.0/16");
+        assert_eq!(s.nft_table, "berth");
+        let s = NetSettings::from_lookup(&|k| match k {
+            "BERTH_DEFAULT_NETWORK" => Some("none".into()),
+            "BERTH_BRIDGE" => Some("bt0".into()),
+            "BERTH_BRIDGE_SUBNET" => Some("10.201.0.0/24".into()),
+            "BERTH_NFT_TABLE" => Some("berth_t1".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            (
+                s.default_network.as_str(),
+                s.bridge.as_str(),
+                s.nft_table.as_str()
+            ),
+            ("none", "bt0", "berth_t1")
+        );
+        let e = NetSettings::from_lookup(&|k| (k == "BERTH_BRIDGE_SUBNET").then(|| "10.1".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("BERTH_BRIDGE_SUBNET") && e.contains("10.1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn publish_all_adds_exposed_ports_once() {
+        let p = berth_net::parse_port_spec("8080:80").unwrap();
+        let specs = port_specs(
+            &p,
+            true,
+            &["80/tcp".into(), "53/udp".into(), "x/tcp".into()],
+        );
+        let got: Vec<_> = specs
+            .iter()
+            .map(|s| (s.container_port, s.proto, s.host_ports))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(80, Proto::Tcp, Some((8080, 8080))), (53, Proto::Udp, None)]
+        );
+        assert_eq!(port_specs(&p, false, &["53/udp".into()]).len(), 1);
+    }
+
+    #[test]
+    fn hosts_list_peers_but_not_self() {
+        let c = ContainerNet {
+            network: "n".into(),
+            addr: Some(Ipv4Addr::new(10, 89, 0, 2)),
+            name: "web".into(),
+            hostname: "abc".into(),
+            add_hosts: vec![("db.local".into(), "10.0.0.9".parse().unwrap())],
+            ..Default::default()
+        };
+        let t = hosts_text(
+            &c,
+            &[
+                ("web".into(), Ipv4Addr::new(10, 89, 0, 2)),
+                ("cache".into(), Ipv4Addr::new(10, 89, 0, 3)),
+            ],
+        );
+        assert!(t.contains("10.89.0.2\tabc\n"), "{t}");
+        assert!(t.contains("10.0.0.9\tdb.local\n"), "{t}");
+        assert!(t.contains("10.89.0.3\tcache\n"), "{t}");
+        assert!(!t.contains("\tweb\n"), "{t}");
+    }
+
+    #[test]
+    fn rewriting_in_place_keeps_the_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("hosts");
+        write_in_place(&p, b"a long first version\n").unwrap();
+        let ino = std::fs::metadata(&p).unwrap().ino();
+        write_in_place(&p, b"short\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"short\n");
+        assert_eq!(std::fs::metadata(&p).unwrap().ino(), ino);
+    }
+}
