@@ -61,6 +61,14 @@ fn stage1_inner(chan: &Channel, args: &InitArgs<'_>) -> Result<()> {
         .and_then(|l| l.namespaces().clone())
         .unwrap_or_default();
     namespaces::join_paths(&nss)?;
+    let joined_user = nss
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_some());
+    if joined_user {
+        // Host root's ids mean nothing in a joined user namespace: act as its root, as
+        // runc does, so files made in the idmapped rootfs get mapped owners.
+        become_root()?;
+    }
     if namespaces::wants_new(&nss, LinuxNamespaceType::User) {
         namespaces::unshare_new(CloneFlags::CLONE_NEWUSER)?;
         chan.send(&Msg::MapIds)?;
