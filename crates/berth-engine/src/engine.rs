@@ -589,20 +589,51 @@ impl Engine {
             .collect())
     }
 
-    /// Start-up recovery: release id ranges of containers that no longer exist.
+    /// Start-up recovery: release id ranges, addresses and host ports of containers that
+    /// no longer exist. Containers that died with the host keep their records and show
+    /// as exited; their veth pairs died with their network namespaces.
     pub fn recover(&self) -> Result<()> {
         let live: Vec<String> = self.records.all()?.into_iter().map(|r| r.id).collect();
         if let Ok(a) = self.allocator() {
             a.release_all_except(&live)?;
         }
-        // Addresses of containers that are gone (their records removed by a crash of rm).
+        // Addresses and published ports of containers that are gone (a crash of rm
+        // after the record went): release and unpublish them.
         if let Ok(nets) = self.networks() {
-            for n in nets.list().unwrap_or_default() {
+            let list = nets.list().unwrap_or_default();
+            for n in &list {
                 let _ = nets
-                    .ipam(&n)
+                    .ipam(n)
                     .retain(&|owner| live.iter().any(|l| l == owner));
             }
+            // All networks share one table: listing it once finds every published port.
+            if let Some(n) = list.first() {
+                for m in berth_net::published_ports(n).unwrap_or_default() {
+                    if !live.contains(&m.container_id) {
+                        let _ = berth_net::remove_port_mappings(n, &m.container_id);
+                        let _ = berth_net::detach(&m.container_id);
+                    }
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Runs [`Engine::recover`] once per boot: the run root lives on a tmpfs, so a
+    /// missing marker there means this is the first command since the host started (or
+    /// since the run root was wiped), as podman does with its `alive` file.
+    pub fn recover_once_per_boot(&self) -> Result<()> {
+        let marker = self.paths.run.join("alive");
+        if marker.exists() {
+            return Ok(());
+        }
+        let _lock = self.records.lock()?;
+        if marker.exists() {
+            return Ok(());
+        }
+        self.recover()?;
+        std::fs::create_dir_all(&self.paths.run).map_err(io("creating", &self.paths.run))?;
+        std::fs::write(&marker, b"").map_err(io("writing", &marker))?;
         Ok(())
     }
 

@@ -354,6 +354,18 @@ fn same_network_talks_by_name_other_networks_are_isolated() {
         &srv_ip,
     ]);
     assert_eq!(o.status.code(), Some(1), "back reached front's {srv_ip}");
+    // container:srv shares srv's network namespace (and so its address).
+    let shared = t.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:srv",
+        "busybox:test",
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth0",
+    ]);
+    assert!(shared.contains(&format!("inet {srv_ip}/")), "{shared}");
     // A network in use can't be removed.
     let e = t.fails(&["network", "rm", "front"]);
     assert!(e.contains("in use") && e.contains("srv"), "{e}");
@@ -645,4 +657,57 @@ fn crash_then_rm_or_recovery_leaves_no_veth_rule_or_address() {
         serde_json::from_str(&t.ok(&["network", "inspect", "bridge"])).unwrap();
     assert_eq!(insp[0]["Containers"], serde_json::json!({}), "address left");
     assert!(find_cgroup_dirs(&id).is_empty());
+}
+
+/// A crash in the middle of rm (record gone, address and port rule still there), then a
+/// reboot: the first command afterwards recovers what no container owns any more.
+#[test]
+fn first_command_after_a_reboot_releases_what_no_container_owns() {
+    let Some(t) = Net::new() else { return };
+    let spec = format!("{}:80", 10000 + (std::process::id() + 4500) % 9000);
+    t.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "orphan",
+        "-p",
+        &spec,
+        "busybox:test",
+        "sleep",
+        "30",
+    ]);
+    let id = t.id("orphan");
+    let pid = t.pid("orphan");
+    let dir = t.dir.path().join("lib/containers").join(&id);
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("container.json")).unwrap()).unwrap();
+    let monitor = rec["monitor_pid"].as_i64().unwrap() as i32;
+    for p in [monitor, pid] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    unmount_under(t.dir.path());
+    for d in find_cgroup_dirs(&id) {
+        let _ = std::fs::remove_dir(&d);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(t.dir.path().join("run")).unwrap();
+
+    assert_eq!(t.ok(&["ps", "-aq"]), "");
+    let rules = Command::new("nft")
+        .args(["list", "table", "inet", &t.table])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains(&id),
+        "port rule left"
+    );
+    let insp: serde_json::Value =
+        serde_json::from_str(&t.ok(&["network", "inspect", "bridge"])).unwrap();
+    assert_eq!(insp[0]["Containers"], serde_json::json!({}), "address left");
+    // The port is free again.
+    t.ok(&["run", "--rm", "-p", &spec, "busybox:test", "true"]);
 }

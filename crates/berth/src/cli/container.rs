@@ -17,7 +17,9 @@ use super::args::{Global, RunArgs};
 pub const ENGINE_ERROR: i32 = 125;
 
 pub fn engine(g: &Global) -> Result<Engine> {
-    Ok(Engine::new(Paths::new(&g.root, &g.runroot))?)
+    let e = Engine::new(Paths::new(&g.root, &g.runroot))?;
+    e.recover_once_per_boot()?;
+    Ok(e)
 }
 
 fn flags(a: &RunArgs) -> RunFlags {
