@@ -222,7 +222,9 @@ impl Engine {
             if !c.ports.is_empty() {
                 berth_net::remove_port_mappings(&cfg, id).map_err(network::NetError::from)?;
             }
-            let _ = berth_net::detach(id);
+            // No explicit detach: the veth pair dies with the container's network
+            // namespace (deleting it here would wait for the kernel's RCU grace periods,
+            // ~20 ms); recovery and the next attach remove any that outlived it.
             nets.ipam(&cfg)
                 .release(id)
                 .map_err(|e| network::NetError::from(berth_net::Error::from(e)))?;

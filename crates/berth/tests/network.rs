@@ -641,7 +641,12 @@ fn crash_then_rm_or_recovery_leaves_no_veth_rule_or_address() {
     }
     std::thread::sleep(Duration::from_millis(200));
     t.ok(&["rm", "victim"]);
-    assert!(ports_of_bridge().is_empty(), "veth left");
+    // The kernel deletes the pair with the namespace, asynchronously.
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        ports_of_bridge().is_empty()
+    });
+    assert!(gone, "veth left: {:?}", ports_of_bridge());
     assert!(!std::path::Path::new("/sys/class/net")
         .join(&veths[0])
         .exists());
