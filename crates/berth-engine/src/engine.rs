@@ -274,6 +274,11 @@ impl Engine {
             }]
         });
         let snap_dir = self.paths.snapshot(id);
+        let chowned = range.is_some() && !idmapped_layers();
+        let (layers, maps) = match range {
+            Some(r) if chowned => (self.chowned_layers(&store, &snap_dir, image, r)?, None),
+            _ => (layers, maps),
+        };
         let rootfs = snapshot::mount(&SnapshotSpec {
             layers: &layers,
             dir: &snap_dir,
@@ -321,6 +326,9 @@ impl Engine {
         rec.userns_size = range.map(|r| r.size);
         if let Some(c) = &cnet {
             c.store(&mut rec.extra);
+        }
+        if chowned {
+            rec.extra.insert(CHOWNED.into(), true.into());
         }
         self.records.save(&rec)?;
         self.spawn_monitor(&rec)?;
@@ -429,6 +437,14 @@ impl Engine {
                 size: rec.userns_size.unwrap_or(65536),
             }]
         });
+        // A chowned copy survives on disk: mount it again as it is.
+        let (layers, maps) = if rec.extra.get(CHOWNED).is_some() {
+            let base = self.paths.snapshot(&rec.id).join(SHIFTED);
+            let n = rec.layers.len();
+            ((0..n).map(|i| base.join(i.to_string())).collect(), None)
+        } else {
+            (layers, maps)
+        };
         snapshot::mount(&SnapshotSpec {
             layers: &layers,
             dir: &self.paths.snapshot(&rec.id),
@@ -696,6 +712,56 @@ impl Engine {
 }
 
 /// The cgroup file whose oom_kill counter tells the monitor the container was OOM-killed.
+/// Record flag: the container's layers are a chowned copy (no idmapped mounts).
+const CHOWNED: &str = "chowned_layers";
+/// Where in the snapshot directory the chowned copy lives.
+const SHIFTED: &str = "shifted";
+
+/// Whether container rootfs layers are presented through idmapped mounts: where the
+/// kernel supports them on overlayfs lower layers, unless BERTH_IDMAPPED_LAYERS=0 asks
+/// for the chowned-copy fallback (for tests, and for filesystems that refuse idmaps).
+fn idmapped_layers() -> bool {
+    std::env::var("BERTH_IDMAPPED_LAYERS").as_deref() != Ok("0") && snapshot::idmapped_supported()
+}
+
+impl Engine {
+    /// The fallback where layers can't be idmapped: each layer unpacked again for this
+    /// container with its owners shifted into the container's range (what podman does
+    /// without idmapped mounts), and upper/work owned by the range's root. Costs a copy
+    /// per container; survives reboots with the snapshot.
+    fn chowned_layers(
+        &self,
+        store: &Store,
+        snap_dir: &Path,
+        image: &Image,
+        r: IdRange,
+    ) -> Result<Vec<PathBuf>> {
+        let base = snap_dir.join(SHIFTED);
+        std::fs::create_dir_all(&base).map_err(io("creating", &base))?;
+        let shift = berth_image::unpack::IdShift {
+            uid: r.start,
+            gid: r.start,
+            size: r.size,
+        };
+        let mut out = Vec::with_capacity(image.layers.len());
+        for (i, l) in image.layers.iter().enumerate() {
+            let dest = base.join(i.to_string());
+            if !dest.exists() {
+                store.unpack_shifted(&l.blob, &l.diff_id, &dest, shift)?;
+            }
+            out.push(dest);
+        }
+        for d in ["upper", "work"] {
+            let p = snap_dir.join(d);
+            std::fs::create_dir_all(&p).map_err(io("creating", &p))?;
+            std::os::unix::fs::chown(&p, Some(r.start), Some(r.start))
+                .map_err(io("setting owner of", &p))?;
+        }
+        berth_runtime::debug::step(|| "engine: chowned layer copy made".into());
+        Ok(out)
+    }
+}
+
 fn oom_file(id: &str) -> Option<PathBuf> {
     let cg = berth_runtime::cgroups::Cgroup::new(Some(&cgroups_path(id)), id, false).ok()?;
     if let Some(v2) = cg.v2_path() {

@@ -541,3 +541,55 @@ fn after_a_reboot_containers_show_exited_restart_and_rm_cleanly() {
     assert!(find_cgroup_dirs(&id).is_empty(), "cgroup left behind");
     assert!(!b.root().join("containers").join(&id).exists());
 }
+
+/// Where layers can't be idmapped, each container gets a chowned copy: inside, files are
+/// root's and writable by container root; on the host the copy belongs to the range.
+#[test]
+fn chowned_copy_fallback_when_layers_cannot_be_idmapped() {
+    let Some(b) = Berth::new() else { return };
+    b.busybox();
+    let run = |args: &[&str]| {
+        let o = output_via_files(b.cmd().env("BERTH_IDMAPPED_LAYERS", "0").args(args));
+        assert!(
+            o.status.success(),
+            "berth {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    run(&["run", "-d", "--name", "cc", "busybox:test", "sleep", "30"]);
+    let out = b.ok(&[
+        "exec",
+        "cc",
+        "sh",
+        "-c",
+        "stat -c %u:%g /bin/busybox; touch /root/x && echo wrote; cat /proc/self/uid_map",
+    ]);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("0:0"), "{out}");
+    assert_eq!(lines.next(), Some("wrote"), "{out}");
+    let base: u32 = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(base, 0, "{out}");
+    let insp: serde_json::Value = serde_json::from_str(&b.ok(&["inspect", "cc"])).unwrap();
+    let id = insp[0]["Id"].as_str().unwrap();
+    let copy = b
+        .root()
+        .join("containers")
+        .join(id)
+        .join("snapshot/shifted/0/bin/busybox");
+    let meta = std::fs::symlink_metadata(&copy).expect("no chowned copy");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), base);
+    // Restart remounts the same copy.
+    b.ok(&["stop", "-t", "1", "cc"]);
+    b.ok(&["start", "cc"]);
+    assert_eq!(b.ok(&["exec", "cc", "ls", "/root"]).trim(), "x");
+    b.ok(&["rm", "-f", "cc"]);
+    assert!(mounts_under(b.dir.path()).is_empty());
+}

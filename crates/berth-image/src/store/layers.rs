@@ -87,6 +87,48 @@ impl Store {
         Ok(())
     }
 
+    /// Unpacks layer blob `blob` into `dest` (which must not exist) with every owner
+    /// shifted into a container's id range: the chowned copy a container gets where the
+    /// kernel cannot present shared layers through idmapped mounts. The stream must match
+    /// `diff_id`; on any error `dest` is removed.
+    pub fn unpack_shifted(
+        &self,
+        blob: &Digest,
+        diff_id: &Digest,
+        dest: &Path,
+        shift: crate::unpack::IdShift,
+    ) -> Result<()> {
+        let file = self.open_blob(blob)?;
+        DirBuilder::new()
+            .mode(0o755)
+            .create(dest)
+            .map_err(io_err("creating", dest))?;
+        let opts = UnpackOptions {
+            id_shift: Some(shift),
+            overlay_whiteouts: true,
+        };
+        let r = unpack_layer(BufReader::new(file), dest, &opts)
+            .map_err(|source| StoreError::Unpack {
+                blob: blob.clone(),
+                path: dest.to_path_buf(),
+                source: Box::new(source),
+            })
+            .and_then(|report| {
+                if report.diff_id != *diff_id {
+                    return Err(StoreError::DiffIdMismatch {
+                        blob: blob.clone(),
+                        expected: diff_id.clone(),
+                        actual: report.diff_id,
+                    });
+                }
+                Ok(())
+            });
+        if r.is_err() {
+            let _ = fs::remove_dir_all(dest);
+        }
+        r
+    }
+
     /// Whether the layer is unpacked.
     pub fn has_layer(&self, diff_id: &Digest) -> bool {
         self.layers_dir().join(diff_id.hex()).is_dir()
