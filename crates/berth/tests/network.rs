@@ -379,6 +379,31 @@ fn published_ports_from_loopback_and_a_client_namespace_keep_the_source() {
     // Below the ephemeral range, so nothing else picks them meanwhile.
     let base = 20000 + (std::process::id() % 4000) as u16 * 3;
     let (p_lo, p_any, p_udp) = (base, base + 1, base + 2);
+    // Another tool's table (as iptables-nft would make): berth must leave it alone.
+    let other = format!("other_{}_{}", std::process::id(), t.n);
+    let script = format!(
+        "add table ip {other}\nadd chain ip {other} chk {{ type filter hook forward priority 0; policy accept; }}\nadd rule ip {other} chk counter accept\n"
+    );
+    let mut nft = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success(), "nft -f: {script}");
+    struct DropTable(String);
+    impl Drop for DropTable {
+        fn drop(&mut self) {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", &self.0])
+                .output();
+        }
+    }
+    let _other = DropTable(other.clone());
     let spec_lo = format!("127.0.0.1:{p_lo}:80");
     let spec_any = format!("{p_any}:81");
     let spec_udp = format!("{p_udp}:53/udp");
@@ -486,6 +511,15 @@ fn published_ports_from_loopback_and_a_client_namespace_keep_the_source() {
     assert!(
         !String::from_utf8_lossy(&rules.stdout).contains(&id),
         "rules left"
+    );
+    let theirs = Command::new("nft")
+        .args(["list", "table", "ip", &other])
+        .output()
+        .unwrap();
+    let theirs = String::from_utf8_lossy(&theirs.stdout);
+    assert!(
+        theirs.contains("counter") && theirs.contains("accept"),
+        "{theirs}"
     );
 }
 
