@@ -1,0 +1,1 @@
+//! berth-cluster: the cluster controller's state store, host agents and the VXLAN overlay.
