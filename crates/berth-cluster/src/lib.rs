@@ -1,1 +1,3 @@
 //! berth-cluster: the cluster controller's state store, host agents and the VXLAN overlay.
+
+pub mod store;
