@@ -33,6 +33,16 @@ def timed(cmd):
     return time.perf_counter() - t0
 
 
+def pss_kib(pid):
+    """Proportional set size: shared pages (libc, the binary's text) divided among the
+    processes mapping them, so what one more monitor really costs once several run."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return -1
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -80,12 +90,14 @@ def main():
     mon_pid = json.load(open(rec))["monitor_pid"]
     time.sleep(0.3)
     berth_rss = rss_kib(mon_pid)
+    berth_pss = pss_kib(mon_pid)
     subprocess.run(podman + ["run", "-d", "--name", "rss", "--network", "none"] + ULIMITS +
                    ["localhost/busybox:bench", "sleep", "60"], check=True, stdout=subprocess.DEVNULL)
     conmon = subprocess.run(podman + ["inspect", "--format", "{{.State.ConmonPid}}", "rss"],
                             check=True, capture_output=True, text=True).stdout.strip()
     time.sleep(0.3)
     conmon_rss = rss_kib(int(conmon))
+    conmon_pss = pss_kib(int(conmon))
     subprocess.run(berth + ["rm", "-f", "rss"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(podman + ["rm", "-f", "-t", "0", "rss"], check=True, stdout=subprocess.DEVNULL)
 
@@ -96,6 +108,7 @@ def main():
         p90 = sorted(times[k])[int(0.9 * (len(times[k]) - 1))] * 1000
         print(f"{k:<12} {med[k]:>10.1f} {p90:>8.1f} {med['podman+runc'] / med[k]:>8.1f}x {batch[k]:>8.2f}")
     print(f"# per-container monitor resident memory: berth-monitor {berth_rss} KiB, conmon {conmon_rss} KiB")
+    print(f"# proportional (Pss, shared libc/text divided): berth-monitor {berth_pss} KiB, conmon {conmon_pss} KiB")
 
 
 if __name__ == "__main__":
