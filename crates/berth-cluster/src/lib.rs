@@ -1,3 +1,4 @@
 //! berth-cluster: the cluster controller's state store, host agents and the VXLAN overlay.
 
+pub mod overlay;
 pub mod store;

@@ -1,0 +1,352 @@
+//! The overlay's nftables rules, in a table of their own (`table inet berth_overlay` by
+//! default, configurable), never touching any other table:
+//!
+//! ```text
+//! table inet berth_overlay
+//!   set hosts     type ipv4_addr                  the up hosts' underlay addresses
+//!   chain input   filter hook, priority filter-5
+//!     udp dport 4789 ip saddr @hosts accept       berth-overlay:vxlan-accept:4789
+//!     udp dport 4789 drop                         berth-overlay:vxlan-drop:4789
+//!   chain forward filter hook, priority filter-5
+//!     iifname vx ip daddr BLOCK accept            berth-overlay:fwd-in:vx:BLOCK
+//!     oifname vx ip saddr BLOCK accept            berth-overlay:fwd-out:vx:BLOCK
+//! ```
+//!
+//! Why the input rules: the VXLAN socket decapsulates whatever reaches its port, and the
+//! inner packet then enters this host's container bridge as if it came from the overlay;
+//! only the map's hosts may do that. Why the forward accepts (an accept in one table does
+//! not override a drop in another, so they are not a bypass): they state the overlay's
+//! intended flows and count them, and a future drop policy in this table can sit under them.
+//!
+//! Each rule carries a tag that encodes its parameters; the table is re-created (one
+//! atomic batch) only when the tags differ from what the config asks, and otherwise only
+//! the set's elements are changed, again in one batch. When nothing differs, nft is only
+//! asked to list.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::config::OverlayConfig;
+
+const TAG: &str = "berth-overlay:";
+const SET: &str = "hosts";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("running nft to {what}: {source}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nft failed to {what}: {stderr}")]
+    Failed { what: String, stderr: String },
+    #[error("parsing nft's listing of table inet {table}: {reason}")]
+    Listing { table: String, reason: String },
+}
+
+fn nft_binary() -> &'static str {
+    if Path::new("/usr/sbin/nft").exists() {
+        "/usr/sbin/nft"
+    } else {
+        "nft"
+    }
+}
+
+/// Runs nft with `args`, `stdin` fed in; returns stdout.
+fn run(args: &[&str], stdin: &str, what: &str) -> Result<Vec<u8>, NftError> {
+    let spawn_err = |source| NftError::Spawn {
+        what: what.to_string(),
+        source,
+    };
+    let mut child = Command::new(nft_binary())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.as_bytes()).map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(NftError::Failed {
+            what: what.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Our table as listed: rule tags with their packet counters, and the set's elements.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listed {
+    pub rules: BTreeMap<String, u64>,
+    pub hosts: BTreeSet<Ipv4Addr>,
+    pub has_set: bool,
+}
+
+/// The table's current state; None if it does not exist.
+pub fn list(table: &str) -> Result<Option<Listed>, NftError> {
+    let what = format!("list table inet {table}");
+    match run(&["-j", "list", "table", "inet", table], "", &what) {
+        Ok(json) => parse_listing(table, &json).map(Some),
+        Err(NftError::Failed { stderr, .. })
+            if stderr.contains("No such file or directory")
+                || stderr.contains("does not exist") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) fn parse_listing(table: &str, json: &[u8]) -> Result<Listed, NftError> {
+    let bad = |reason: String| NftError::Listing {
+        table: table.to_string(),
+        reason,
+    };
+    let doc: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    let items = doc
+        .get("nftables")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| bad("no nftables array".into()))?;
+    let mut listed = Listed::default();
+    for item in items {
+        if let Some(rule) = item.get("rule") {
+            let Some(comment) = rule.get("comment").and_then(|c| c.as_str()) else {
+                continue;
+            };
+            let packets = rule
+                .get("expr")
+                .and_then(|e| e.as_array())
+                .into_iter()
+                .flatten()
+                .find_map(|x| x.get("counter")?.get("packets")?.as_u64())
+                .unwrap_or(0);
+            listed.rules.insert(comment.to_string(), packets);
+        } else if let Some(set) = item.get("set") {
+            if set.get("name").and_then(|n| n.as_str()) != Some(SET) {
+                continue;
+            }
+            listed.has_set = true;
+            for e in set
+                .get("elem")
+                .and_then(|e| e.as_array())
+                .into_iter()
+                .flatten()
+            {
+                // A plain set lists addresses as strings; one with per-element options
+                // as {"elem": {"val": ...}}.
+                let s = e
+                    .as_str()
+                    .or_else(|| e.get("elem")?.get("val")?.as_str())
+                    .ok_or_else(|| bad(format!("unexpected set element {e}")))?;
+                let ip = s
+                    .parse()
+                    .map_err(|_| bad(format!("set element {s} is not an IPv4 address")))?;
+                listed.hosts.insert(ip);
+            }
+        }
+    }
+    Ok(listed)
+}
+
+/// The tags of the rules the config asks for.
+pub(crate) fn expected_tags(cfg: &OverlayConfig) -> BTreeSet<String> {
+    let (p, d, b) = (cfg.port, &cfg.device, cfg.local_block);
+    [
+        format!("{TAG}vxlan-accept:{p}"),
+        format!("{TAG}vxlan-drop:{p}"),
+        format!("{TAG}fwd-in:{d}:{b}"),
+        format!("{TAG}fwd-out:{d}:{b}"),
+    ]
+    .into_iter()
+    .collect()
+}
+
+fn elements(hosts: &BTreeSet<Ipv4Addr>) -> String {
+    hosts
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The whole table, re-created atomically: "table {}" makes the delete valid when the
+/// table does not exist yet, and the kernel applies the batch all or nothing.
+pub(crate) fn table_script(cfg: &OverlayConfig, hosts: &BTreeSet<Ipv4Addr>) -> String {
+    let t = &cfg.nft_table;
+    let (p, d, b) = (cfg.port, &cfg.device, cfg.local_block);
+    let elems = if hosts.is_empty() {
+        String::new()
+    } else {
+        format!(" elements = {{ {} }};", elements(hosts))
+    };
+    format!(
+        "table inet {t} {{}}\n\
+         delete table inet {t}\n\
+         table inet {t} {{\n\
+         \tset {SET} {{ type ipv4_addr;{elems} }}\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter - 5; policy accept;\n\
+         \t\tudp dport {p} ip saddr @{SET} counter accept comment \"{TAG}vxlan-accept:{p}\"\n\
+         \t\tudp dport {p} counter drop comment \"{TAG}vxlan-drop:{p}\"\n\
+         \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter - 5; policy accept;\n\
+         \t\tiifname \"{d}\" ip daddr {b} counter accept comment \"{TAG}fwd-in:{d}:{b}\"\n\
+         \t\toifname \"{d}\" ip saddr {b} counter accept comment \"{TAG}fwd-out:{d}:{b}\"\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// The element changes that turn `have` into `want`; empty if equal.
+pub(crate) fn element_script(
+    table: &str,
+    have: &BTreeSet<Ipv4Addr>,
+    want: &BTreeSet<Ipv4Addr>,
+) -> String {
+    let gone: BTreeSet<Ipv4Addr> = have.difference(want).copied().collect();
+    let new: BTreeSet<Ipv4Addr> = want.difference(have).copied().collect();
+    let mut script = String::new();
+    if !gone.is_empty() {
+        script += &format!(
+            "delete element inet {table} {SET} {{ {} }}\n",
+            elements(&gone)
+        );
+    }
+    if !new.is_empty() {
+        script += &format!("add element inet {table} {SET} {{ {} }}\n", elements(&new));
+    }
+    script
+}
+
+fn is_current(cfg: &OverlayConfig, listed: &Listed) -> bool {
+    listed.has_set && listed.rules.keys().cloned().collect::<BTreeSet<_>>() == expected_tags(cfg)
+}
+
+/// Makes the table exist with the config's rules, keeping the allowed hosts it already
+/// has (a restart must not close the port to known hosts until the first reconcile), and
+/// starting with none when new (nothing is accepted before the map is known).
+/// Returns whether anything changed.
+pub fn ensure_table(cfg: &OverlayConfig) -> Result<bool, NftError> {
+    let listed = list(&cfg.nft_table)?;
+    match listed {
+        Some(l) if is_current(cfg, &l) => Ok(false),
+        other => {
+            let keep = other.map(|l| l.hosts).unwrap_or_default();
+            run(
+                &["-f", "-"],
+                &table_script(cfg, &keep),
+                &format!("create table inet {}", cfg.nft_table),
+            )?;
+            Ok(true)
+        }
+    }
+}
+
+/// Makes the allowed set exactly `hosts` (and the rules right); one batch, or none when
+/// nothing differs. Returns whether anything changed.
+pub fn sync_hosts(cfg: &OverlayConfig, hosts: &BTreeSet<Ipv4Addr>) -> Result<bool, NftError> {
+    let t = &cfg.nft_table;
+    match list(t)? {
+        Some(l) if is_current(cfg, &l) => {
+            let script = element_script(t, &l.hosts, hosts);
+            if script.is_empty() {
+                return Ok(false);
+            }
+            run(
+                &["-f", "-"],
+                &script,
+                &format!("update the allowed vxlan senders in table inet {t}"),
+            )?;
+            Ok(true)
+        }
+        _ => {
+            run(
+                &["-f", "-"],
+                &table_script(cfg, hosts),
+                &format!("create table inet {t}"),
+            )?;
+            Ok(true)
+        }
+    }
+}
+
+/// Deletes the table; Ok(false) if it did not exist.
+pub fn delete_table(table: &str) -> Result<bool, NftError> {
+    if list(table)?.is_none() {
+        return Ok(false);
+    }
+    run(
+        &["-f", "-"],
+        &format!("delete table inet {table}\n"),
+        &format!("delete table inet {table}"),
+    )?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> OverlayConfig {
+        let mut c = OverlayConfig::new(
+            Ipv4Addr::new(10, 199, 1, 2),
+            "10.244.3.0/24".parse().unwrap(),
+        );
+        c.nft_table = "t1".into();
+        c
+    }
+
+    fn set(ips: &[[u8; 4]]) -> BTreeSet<Ipv4Addr> {
+        ips.iter().map(|&o| Ipv4Addr::from(o)).collect()
+    }
+
+    #[test]
+    fn element_diff() {
+        let have = set(&[[10, 0, 0, 1], [10, 0, 0, 2]]);
+        let want = set(&[[10, 0, 0, 2], [10, 0, 0, 3]]);
+        assert_eq!(
+            element_script("t", &have, &want),
+            "delete element inet t hosts { 10.0.0.1 }\nadd element inet t hosts { 10.0.0.3 }\n"
+        );
+        assert_eq!(element_script("t", &want, &want), "");
+    }
+
+    #[test]
+    fn table_script_has_every_tag() {
+        let c = cfg();
+        let s = table_script(&c, &set(&[[10, 199, 1, 3]]));
+        for tag in expected_tags(&c) {
+            assert!(s.contains(&format!("\"{tag}\"")), "{tag} in {s}");
+        }
+        assert!(s.contains("elements = { 10.199.1.3 }"));
+        assert!(s.starts_with("table inet t1 {}\ndelete table inet t1\n"));
+        assert!(!table_script(&c, &BTreeSet::new()).contains("elements"));
+    }
+
+    #[test]
+    fn parses_a_listing() {
+        let json = br#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+          {"table": {"family": "inet", "name": "t1", "handle": 1}},
+          {"set": {"family": "inet", "name": "hosts", "table": "t1", "type": "ipv4_addr",
+                   "handle": 2, "elem": ["10.199.1.3", "10.199.1.4"]}},
+          {"chain": {"family": "inet", "table": "t1", "name": "input", "handle": 3}},
+          {"rule": {"family": "inet", "table": "t1", "chain": "input", "handle": 5,
+                    "comment": "berth-overlay:vxlan-drop:4789",
+                    "expr": [{"counter": {"packets": 7, "bytes": 700}}, {"drop": null}]}}]}"#;
+        let l = parse_listing("t1", json).unwrap();
+        assert!(l.has_set);
+        assert_eq!(l.hosts, set(&[[10, 199, 1, 3], [10, 199, 1, 4]]));
+        assert_eq!(l.rules.get("berth-overlay:vxlan-drop:4789"), Some(&7));
+        assert!(!is_current(&cfg(), &l));
+    }
+}
