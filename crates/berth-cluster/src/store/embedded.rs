@@ -5,9 +5,12 @@
 //! - `log`: (revision, index within the revision) → the change, the watch history;
 //! - `meta`: the current revision and the compacted one (history at or below it is gone).
 //!
-//! Every write is one redb write transaction (durable on commit): compares, changes,
-//! log entries, the new revision and the trimming of old history commit together, so a
-//! crash leaves either all of a transaction or none of it. After a commit the new
+//! Every write lands in a durable redb write transaction: compares, changes, log
+//! entries, the new revision and the trimming of old history commit together, so a
+//! crash leaves either all of a transaction or none of it. Writers that arrive while a
+//! commit is running are committed together next (group commit: one fsync for many
+//! writes, each with its own revision), which is what lets many agents report at once
+//! without queueing behind one fsync each. After a commit the new
 //! revision is published on a `tokio::sync::watch` channel. Each watcher is a task that
 //! reads the log from its own position in short read transactions and then waits for that
 //! channel: writers never wait for watchers, and a watcher that falls behind catches up
@@ -17,7 +20,8 @@
 //! redb is synchronous, so every call runs on tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::{collections::HashMap, fmt};
 
 use async_trait::async_trait;
@@ -61,6 +65,12 @@ pub enum EmbeddedError {
         path: PathBuf,
         source: Box<redb::Error>,
     },
+    #[error("store: {op}: {}: committed together with a write that failed: {reason}", path.display())]
+    Batch {
+        op: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("store: {op}: {}: the blocking task failed: {reason}", path.display())]
     Task {
         op: String,
@@ -94,6 +104,22 @@ struct Inner {
     history: u64,
     /// The latest committed revision, for waking watchers.
     head: watch::Sender<Revision>,
+    /// Writes queued for the next group commit.
+    pending: Mutex<Vec<Pending>>,
+    /// Held by the thread committing a batch.
+    committer: Mutex<()>,
+}
+
+/// A queued write and where its outcome goes.
+struct Pending {
+    txn: Txn,
+    done: std_mpsc::Sender<Result<TxnOutcome>>,
+}
+
+/// Locks a mutex; a panic elsewhere while holding it leaves nothing half-done here (the
+/// queue is a plain Vec, the committer lock guards no data), so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl fmt::Debug for EmbeddedStore {
@@ -153,6 +179,8 @@ impl EmbeddedStore {
             path,
             history: options.history,
             head,
+            pending: Mutex::new(Vec::new()),
+            committer: Mutex::new(()),
         };
         let revision = inner.init()?;
         inner.head.send_replace(revision);
@@ -270,37 +298,94 @@ impl Inner {
         read_meta(&meta, REVISION).ctx(self, op)
     }
 
-    /// Applies a checked transaction in one redb write transaction.
-    fn txn(&self, txn: &Txn, op: &str) -> Result<TxnOutcome> {
-        let wtx = self.db.begin_write().ctx(self, op)?;
-        match self.write(&wtx, txn, op)? {
-            Some((outcome, revision)) => {
-                wtx.commit().ctx(self, op)?;
-                self.head.send_replace(revision);
-                Ok(outcome)
+    /// Applies a checked transaction, committed together with whatever other writers
+    /// queued meanwhile (group commit): one redb commit, hence one fsync, for the whole
+    /// group, while each transaction still gets its own revision and its own outcome.
+    /// A thread queues its write, then waits to be the committer; whoever is committer
+    /// drains the queue, so by the time a thread gets its turn its write is either done
+    /// by an earlier committer or in the batch it drains itself.
+    fn txn(&self, txn: Txn, op: &str) -> Result<TxnOutcome> {
+        let (done, answer) = std_mpsc::channel();
+        lock(&self.pending).push(Pending { txn, done });
+        {
+            let _committer = lock(&self.committer);
+            let batch = std::mem::take(&mut *lock(&self.pending));
+            if !batch.is_empty() {
+                self.commit_batch(batch, op);
             }
-            None => {
-                // A failed compare or nothing to change: leave the file as it was.
-                let current = {
-                    let meta = wtx.open_table(META).ctx(self, op)?;
-                    read_meta(&meta, REVISION).ctx(self, op)?
-                };
-                wtx.abort().ctx(self, op)?;
-                Ok(TxnOutcome {
-                    revision: current,
-                    deleted: 0,
-                })
+        }
+        answer.recv().unwrap_or_else(|_| {
+            Err(EmbeddedError::Task {
+                op: op.to_string(),
+                path: self.path.clone(),
+                reason: "the committing thread went away without an answer".into(),
             }
+            .into())
+        })
+    }
+
+    /// Writes a batch in one redb write transaction and answers each writer. A failed
+    /// compare fails only its own transaction (it wrote nothing); a storage error fails
+    /// the whole batch, since the transaction may hold half of a write.
+    fn commit_batch(&self, batch: Vec<Pending>, op: &str) {
+        let wtx = match self.db.begin_write().ctx(self, op) {
+            Ok(wtx) => wtx,
+            Err(e) => return self.fail_batch(batch, 0, e, op),
+        };
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut head = None;
+        for (i, pending) in batch.iter().enumerate() {
+            match self.write(&wtx, &pending.txn, op) {
+                Ok((outcome, changed)) => {
+                    if changed {
+                        head = Some(outcome.revision);
+                    }
+                    answers.push(Ok(outcome));
+                }
+                Err(e @ StoreError::CompareFailed(_)) => answers.push(Err(e)),
+                Err(e) => {
+                    let _ = wtx.abort();
+                    return self.fail_batch(batch, i, e, op);
+                }
+            }
+        }
+        let finished = match head {
+            Some(_) => wtx.commit().ctx(self, op),
+            None => wtx.abort().ctx(self, op), // nothing changed: leave the file alone
+        };
+        if let Err(e) = finished {
+            return self.fail_batch(batch, 0, e, op);
+        }
+        if let Some(revision) = head {
+            self.head.send_replace(revision);
+        }
+        for (pending, answer) in batch.into_iter().zip(answers) {
+            let _ = pending.done.send(answer); // the writer may have given up waiting
         }
     }
 
-    /// The body of [`Inner::txn`]: `None` if nothing changed; the caller commits or aborts.
-    fn write(
-        &self,
-        wtx: &WriteTransaction,
-        txn: &Txn,
-        op: &str,
-    ) -> Result<Option<(TxnOutcome, Revision)>> {
+    /// Answers every writer of a failed batch: `culprit` gets the error itself, the
+    /// others an error saying their write failed with it.
+    fn fail_batch(&self, batch: Vec<Pending>, culprit: usize, error: StoreError, op: &str) {
+        let reason = error.to_string();
+        let mut error = Some(error);
+        for (i, pending) in batch.into_iter().enumerate() {
+            let e = match error.take().filter(|_| i == culprit) {
+                Some(e) => e,
+                None => EmbeddedError::Batch {
+                    op: op.to_string(),
+                    path: self.path.clone(),
+                    reason: reason.clone(),
+                }
+                .into(),
+            };
+            let _ = pending.done.send(Err(e));
+        }
+    }
+
+    /// One transaction of a batch, inside the batch's redb transaction; also says
+    /// whether anything changed (if not, the outcome carries the current revision).
+    fn write(&self, wtx: &WriteTransaction, txn: &Txn, op: &str) -> Result<(TxnOutcome, bool)> {
         let mut kv = wtx.open_table(KV).ctx(self, op)?;
         let mut log = wtx.open_table(LOG).ctx(self, op)?;
         let mut meta = wtx.open_table(META).ctx(self, op)?;
@@ -360,7 +445,11 @@ impl Inner {
             }
         }
         if events.is_empty() {
-            return Ok(None);
+            let outcome = TxnOutcome {
+                revision: current,
+                deleted: 0,
+            };
+            return Ok((outcome, false));
         }
         for (index, event) in events.iter().enumerate() {
             let kind = match event.kind {
@@ -391,10 +480,11 @@ impl Inner {
                 .ctx(self, op)?;
             meta.insert(COMPACTED, upto).ctx(self, op)?;
         }
-        Ok(Some((TxnOutcome { revision, deleted }, revision)))
+        Ok((TxnOutcome { revision, deleted }, true))
     }
 
     fn compact(&self, upto: Revision, op: &str) -> Result<()> {
+        let _committer = lock(&self.committer);
         let wtx = self.db.begin_write().ctx(self, op)?;
         let changed = {
             let mut log = wtx.open_table(LOG).ctx(self, op)?;
@@ -573,7 +663,7 @@ impl Store for EmbeddedStore {
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
         check_txn(&txn)?;
-        self.blocking("txn".into(), move |inner, op| inner.txn(&txn, op))
+        self.blocking("txn".into(), move |inner, op| inner.txn(txn, op))
             .await
     }
 
