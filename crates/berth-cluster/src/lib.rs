@@ -1,4 +1,6 @@
 //! berth-cluster: the cluster controller's state store, host agents and the VXLAN overlay.
 
+pub mod controller;
+pub mod model;
 pub mod overlay;
 pub mod store;

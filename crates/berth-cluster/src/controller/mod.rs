@@ -1,0 +1,5 @@
+//! The cluster controller: the single writer of cluster state. `state` holds the
+//! operations (compare-and-swap transactions on the store); the HTTP API and TLS sit on
+//! top.
+
+pub mod state;
