@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_cluster::overlay::{
-    ethtool, nft, read_actual, vtep_mac, Overlay, OverlayConfig, RemoteHost,
+    ethtool, nft, read_actual, vtep_mac, Overlay, OverlayConfig, RemoteHost, TxChecksum,
 };
 use ipnet::Ipv4Net;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -830,6 +830,21 @@ fn only_our_entries_are_touched_and_teardown_leaves_the_rest() {
         .ns
         .enter(|| ethtool::tx_checksum_offload("vxplain").unwrap()));
 
+    // The offload policy is held both ways: Offload turns it on, Software off again.
+    let mut fast = host.config.clone();
+    fast.tx_checksum = TxChecksum::Offload;
+    let (_, changes) = host.ns.enter(|| Overlay::start(fast).unwrap());
+    assert_eq!(changes, 1);
+    assert!(host
+        .ns
+        .enter(|| ethtool::tx_checksum_offload(&dev).unwrap()));
+    let cfg = host.config.clone();
+    let (_, changes) = host.ns.enter(|| Overlay::start(cfg).unwrap());
+    assert_eq!(changes, 1);
+    assert!(!host
+        .ns
+        .enter(|| ethtool::tx_checksum_offload(&dev).unwrap()));
+
     // Foreign state: a hand-made route on our device (another protocol), a permanent
     // neighbour on the bridge, a route elsewhere, another tool's nftables table.
     host.ns.ip(&[
@@ -883,6 +898,19 @@ fn only_our_entries_are_touched_and_teardown_leaves_the_rest() {
         "counter",
     ]);
 
+    // Naming the underlay device finds the same one the address lookup found; a missing
+    // one is a clear error.
+    let mut named = host.config.clone();
+    named.underlay_dev = Some(UNDERLAY_DEV.to_string());
+    let (_, changes) = host.ns.enter(|| Overlay::start(named.clone()).unwrap());
+    assert_eq!(changes, 0);
+    named.underlay_dev = Some("nosuchdev".to_string());
+    let err = host
+        .ns
+        .enter(|| Overlay::start(named).unwrap_err())
+        .to_string();
+    assert_eq!(err, "underlay interface nosuchdev does not exist");
+
     let map = vec![c.hosts[peer].remote()];
     assert_eq!(host.reconcile(&mut ov, &map), 4);
     assert_eq!(host.reconcile(&mut ov, &map), 0);
@@ -920,4 +948,72 @@ fn only_our_entries_are_touched_and_teardown_leaves_the_rest() {
     assert!(!tables.contains(&cfg.nft_table), "{tables}");
     // A second teardown is a no-op.
     host.ns.enter(|| Overlay::teardown(&cfg).unwrap());
+}
+
+/// Pushes `total` bytes over one TCP connection from `from` to a sink in `to`; returns
+/// the rate in Gbit/s.
+fn tcp_rate(from: &Netns, to: &Netns, to_ip: Ipv4Addr, port: u16, total: usize) -> f64 {
+    let listener =
+        to.enter(|| TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).unwrap());
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0;
+        while let Ok(got) = s.read(&mut buf) {
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
+        n
+    });
+    let elapsed = from.enter(|| {
+        let to = SocketAddrV4::new(to_ip, port);
+        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(4)).unwrap();
+        let buf = vec![0x33u8; 1 << 20];
+        let started = Instant::now();
+        for _ in 0..total / buf.len() {
+            s.write_all(&buf).unwrap();
+        }
+        s.shutdown(Shutdown::Write).unwrap();
+        started.elapsed()
+    });
+    assert_eq!(sink.join().unwrap(), total / (1 << 20) * (1 << 20));
+    (total * 8) as f64 / elapsed.as_secs_f64() / 1e9
+}
+
+/// A measurement, not a check: single-stream TCP container to container across the
+/// overlay against host to host on the underlay (`--ignored --nocapture` to see it).
+#[test]
+#[ignore]
+fn throughput_overlay_vs_underlay() {
+    if !is_root() {
+        return;
+    }
+    let (c, _overlays) = Cluster::build(2, 1);
+    let [a, b] = [&c.hosts[0], &c.hosts[1]];
+    let total = 512 << 20;
+    for round in 0..4 {
+        // Rounds 2 and 3 with TX checksum offload back on, to see what turning it off costs.
+        let offload = round >= 2;
+        for (h, ov) in [a, b].iter().zip(&_overlays) {
+            let dev = ov.vtep().name.clone();
+            h.ns.enter(|| ethtool::set_tx_checksum_offload(&dev, offload).unwrap());
+        }
+        let under = tcp_rate(&a.ns, &b.ns, b.underlay_ip, 7100 + round, total);
+        let over = tcp_rate(
+            &a.containers[0].ns,
+            &b.containers[0].ns,
+            b.containers[0].ip,
+            7200 + round,
+            total,
+        );
+        eprintln!(
+            "single TCP stream: underlay {under:.2} Gbit/s, overlay {over:.2} Gbit/s ({:.2}x), \
+             tx checksum offload {}",
+            over / under,
+            if offload { "on" } else { "off" }
+        );
+    }
 }

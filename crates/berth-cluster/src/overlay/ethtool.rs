@@ -1,16 +1,17 @@
-//! The UDP checksum offload pitfall, handled as flannel does.
+//! The UDP checksum offload pitfall (see [`super::config::TxChecksum`] for the policy).
 //!
 //! With TX checksum offload on the VXLAN device, the kernel hands the inner packet's
 //! checksum to "the hardware" (CHECKSUM_PARTIAL) and relies on the underlay NIC to fill
-//! it in after encapsulation. Several NICs and virtual NICs (vmxnet3, some virtio and
-//! ENA setups) then emit the inner TCP/UDP checksum wrong or not at all, and the far end
-//! silently drops the packets: ICMP works, TCP and UDP don't. flannel's fix (issue
-//! #1279, and Calico's for its vxlan.calico) is `ethtool -K flannel.1
-//! tx-checksum-ip-generic off`, so the checksum is computed in software before
-//! encapsulation. We do the same through the SIOCETHTOOL ioctl: look the feature up by
-//! name in the kernel's feature string set (its bit number is not ABI), then clear it
-//! with ETHTOOL_SFEATURES. The legacy ETHTOOL_STXCSUM would also work but clears every
-//! checksum feature (SCTP CRC, FCoE) rather than the one flannel turns off.
+//! it in after encapsulation. Behind NAT and with several NICs and virtual NICs (vmxnet3,
+//! some cloud NICs) the inner TCP/UDP checksum then arrives wrong and the far end
+//! silently drops the packets: ICMP works, TCP and UDP don't (flannel issue #1279). The
+//! known workaround (flannel's troubleshooting notes; kops applies it to flannel.1) is
+//! `ethtool -K flannel.1 tx-checksum-ip-generic off`, so the checksum is computed in
+//! software before encapsulation. We do the same through the SIOCETHTOOL ioctl: look the
+//! feature up by name in the kernel's feature string set (its bit number is not ABI),
+//! then set it with ETHTOOL_SFEATURES and read it back. The legacy ETHTOOL_STXCSUM would
+//! also work but clears every checksum feature (SCTP CRC, FCoE) rather than the one
+//! `ethtool -K` clears.
 //!
 //! The ioctl acts on the device in the calling thread's network namespace.
 
@@ -42,8 +43,12 @@ pub enum EthtoolError {
     },
     #[error("device {dev} has no feature named {feature}")]
     NoFeature { dev: String, feature: String },
-    #[error("device {dev} kept feature {feature} on after it was turned off")]
-    Stuck { dev: String, feature: String },
+    #[error("device {dev} did not take feature {feature} {state}")]
+    Stuck {
+        dev: String,
+        feature: String,
+        state: &'static str,
+    },
     #[error("invalid device name {0:?} for an ethtool request")]
     Name(String),
 }
@@ -203,16 +208,22 @@ pub fn tx_checksum_offload(dev: &str) -> Result<bool, EthtoolError> {
 /// Turns TX checksum offload off on `dev` (`ethtool -K dev tx-checksum-ip-generic off`);
 /// returns whether it had to change anything (a second call is a pure read).
 pub fn disable_tx_checksum_offload(dev: &str) -> Result<bool, EthtoolError> {
+    set_tx_checksum_offload(dev, false)
+}
+
+/// Turns TX checksum offload on or off on `dev`; returns whether it changed anything.
+pub fn set_tx_checksum_offload(dev: &str, on: bool) -> Result<bool, EthtoolError> {
     let e = Ethtool::open(dev)?;
     let (bit, count) = e.bit_of(TX_CSUM_FEATURE)?;
-    if !e.active(bit, count)? {
+    if e.active(bit, count)? == on {
         return Ok(false);
     }
-    e.set(bit, count, false)?;
-    if e.active(bit, count)? {
+    e.set(bit, count, on)?;
+    if e.active(bit, count)? != on {
         return Err(EthtoolError::Stuck {
             dev: dev.to_string(),
             feature: TX_CSUM_FEATURE.to_string(),
+            state: if on { "on" } else { "off" },
         });
     }
     Ok(true)

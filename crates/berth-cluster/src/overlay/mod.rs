@@ -25,7 +25,7 @@ pub mod vxlan;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-pub use config::{vtep_mac, ConfigError, OverlayConfig, RemoteHost};
+pub use config::{vtep_mac, ConfigError, OverlayConfig, RemoteHost, TxChecksum};
 pub use kernel::{apply, read_actual, KernelError};
 pub use plan::{plan, select, Actual, FdbEntry, NeighEntry, Op, RouteEntry, Skipped};
 pub use vxlan::{delete_device, ensure_device, ensure_device_counted, DeviceError, Vtep};

@@ -17,7 +17,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::config::{vtep_mac, OverlayConfig, VXLAN_OVERHEAD};
+use super::config::{vtep_mac, OverlayConfig, TxChecksum, VXLAN_OVERHEAD};
 use super::ethtool;
 use super::netlink::{Netlink, ENODEV};
 
@@ -48,7 +48,7 @@ pub enum DeviceError {
         "underlay interface {dev} has mtu {mtu}, too small for vxlan's {VXLAN_OVERHEAD} bytes"
     )]
     SmallMtu { dev: String, mtu: u32 },
-    #[error("disabling tx checksum offload on {dev}: {source}")]
+    #[error("setting tx checksum offload on {dev}: {source}")]
     Checksum {
         dev: String,
         #[source]
@@ -165,7 +165,7 @@ fn tunnel_matches(have: &[InfoVxlan], want: &[InfoVxlan]) -> bool {
 }
 
 /// Makes the device exist as configured, up, with `<block>.0/32` and TX checksum offload
-/// off. Returns the device.
+/// as configured (off by default). Returns the device.
 pub fn ensure_device(cfg: &OverlayConfig) -> Result<Vtep, super::OverlayError> {
     ensure_device_counted(cfg).map(|(v, _)| v)
 }
@@ -254,7 +254,8 @@ pub fn ensure_device_counted(cfg: &OverlayConfig) -> Result<(Vtep, usize), super
 
     changes += ensure_address(&mut nl_, ifindex, cfg)?;
 
-    if ethtool::disable_tx_checksum_offload(dev).map_err(|source| DeviceError::Checksum {
+    let offload = cfg.tx_checksum == TxChecksum::Offload;
+    if ethtool::set_tx_checksum_offload(dev, offload).map_err(|source| DeviceError::Checksum {
         dev: dev.clone(),
         source,
     })? {
