@@ -2,4 +2,7 @@
 //! operations (compare-and-swap transactions on the store); the HTTP API and TLS sit on
 //! top.
 
+pub mod api;
+pub mod auth;
+pub mod serve;
 pub mod state;

@@ -1,0 +1,435 @@
+//! The controller's HTTP/JSON API (described in `openapi.json`, served at
+//! `/v1/openapi.json`). Reads for any authenticated caller; writes with
+//! compare-and-swap; `GET /v1/watch?from=REV` streams every change after REV as JSON
+//! lines, and answers 410 Gone with the compaction revision when REV's history is gone
+//! (the client re-lists and watches from the listing's revision). Bad requests get a 4xx
+//! with `{"error": "..."}` and change nothing.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::auth::{self, Identity, Secrets};
+use super::state::{self, JoinInfo, StateError};
+use crate::model::{self, Container};
+use crate::store::{Condition, EventKind, Revision, Store, StoreError};
+
+pub const SECRETS_KEY: &str = "/secrets/cluster";
+const HOST_SECRETS: &str = "/secrets/hosts/";
+/// Prefixes a watch may ask for (never /secrets/).
+const WATCHABLE: [&str; 4] = [
+    model::HOSTS,
+    model::CONTAINERS,
+    model::BLOCKS,
+    model::CLUSTER_KEY,
+];
+
+#[derive(Clone)]
+pub struct Api {
+    pub store: Arc<dyn Store>,
+}
+
+/// An error as the API reports it.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
+        let code = match &e {
+            StateError::Model(_) | StateError::AddressOutsideBlocks { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            StateError::UnknownHost(_) | StateError::UnknownContainer(_) => StatusCode::NOT_FOUND,
+            StateError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            StateError::Stale { .. } | StateError::UnderlayChanged { .. } => StatusCode::CONFLICT,
+            StateError::NotInitialized => StatusCode::SERVICE_UNAVAILABLE,
+            StateError::Store(StoreError::CompareFailed(_)) | StateError::Contended { .. } => {
+                StatusCode::CONFLICT
+            }
+            StateError::Store(_) | StateError::Decode { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        StateError::from(e).into()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+async fn secrets(store: &dyn Store) -> ApiResult<Secrets> {
+    let kv = store.get(SECRETS_KEY).await?.ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster is not initialized: run `berth controller init`".into(),
+        )
+    })?;
+    serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("decoding {SECRETS_KEY}: {e}"),
+        )
+    })
+}
+
+fn unauthorized(why: &str) -> ApiError {
+    ApiError(StatusCode::UNAUTHORIZED, why.to_string())
+}
+
+/// The caller's identity from its bearer credential: the admin token, or a host
+/// credential whose digest is stored for that host.
+async fn identify(store: &dyn Store, headers: &HeaderMap) -> ApiResult<Identity> {
+    let cred =
+        bearer(headers).ok_or_else(|| unauthorized("missing Authorization: Bearer credential"))?;
+    let s = secrets(store).await?;
+    if auth::matches(cred, &s.admin_token_sha256) {
+        return Ok(Identity::Admin);
+    }
+    if let Some(host) = auth::credential_host(cred) {
+        if let Some(kv) = store.get(&format!("{HOST_SECRETS}{host}")).await? {
+            if auth::matches(cred, &String::from_utf8_lossy(&kv.value)) {
+                return Ok(Identity::Host(host.to_string()));
+            }
+        }
+    }
+    Err(unauthorized("credential not recognized"))
+}
+
+/// Agents may only act as themselves; the admin may act for anyone.
+fn require_host(id: &Identity, host: &str) -> ApiResult<()> {
+    match id {
+        Identity::Admin => Ok(()),
+        Identity::Host(h) if h == host => Ok(()),
+        Identity::Host(h) => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("host {h} may not act for host {host}"),
+        )),
+    }
+}
+
+/// Writes the cluster secrets (at `controller init`): nothing if they exist.
+pub async fn init_secrets(
+    store: &dyn Store,
+    join_token: &str,
+    admin_token: &str,
+) -> ApiResult<bool> {
+    let s = Secrets {
+        join_token_sha256: auth::digest(join_token),
+        admin_token_sha256: auth::digest(admin_token),
+    };
+    let v = serde_json::to_vec(&s).unwrap_or_default();
+    match store.put(SECRETS_KEY, v, Condition::Absent).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::CompareFailed(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/join", post(join))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/hosts", get(hosts))
+        .route("/v1/hosts/{name}/heartbeat", put(heartbeat))
+        .route("/v1/hosts/{name}/blocks", post(add_block))
+        .route("/v1/containers", get(containers))
+        .route(
+            "/v1/containers/{id}",
+            put(put_container).delete(delete_container),
+        )
+        .route("/v1/status", get(status))
+        .route("/v1/watch", get(watch))
+        .with_state(api)
+}
+
+async fn openapi() -> Response {
+    (
+        [("content-type", "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JoinRequest {
+    pub name: String,
+    pub underlay_ip: std::net::Ipv4Addr,
+    pub vtep_mac: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub host: model::Host,
+    pub cluster: model::Cluster,
+    /// `<host>.<secret>`: the agent's credential from now on.
+    pub credential: String,
+}
+
+async fn join(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(req): Json<JoinRequest>,
+) -> ApiResult<Json<JoinResponse>> {
+    let s = secrets(api.store.as_ref()).await?;
+    let token =
+        bearer(&headers).ok_or_else(|| unauthorized("join needs the join token as Bearer"))?;
+    if !auth::matches(token, &s.join_token_sha256) {
+        return Err(unauthorized("invalid join token"));
+    }
+    let host = state::join(
+        api.store.as_ref(),
+        &JoinInfo {
+            name: req.name.clone(),
+            underlay_ip: req.underlay_ip,
+            vtep_mac: req.vtep_mac,
+        },
+    )
+    .await?;
+    // A new credential each join: a re-joining agent (restart, lost state) gets one,
+    // and the old one stops working.
+    let credential = auth::host_credential(&host.name)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    api.store
+        .put(
+            &format!("{HOST_SECRETS}{}", host.name),
+            auth::digest(&credential).into_bytes(),
+            Condition::Any,
+        )
+        .await?;
+    let cluster = state::get_cluster(api.store.as_ref()).await?;
+    Ok(Json(JoinResponse {
+        host,
+        cluster,
+        credential,
+    }))
+}
+
+async fn cluster(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    identify(api.store.as_ref(), &headers).await?;
+    let c = state::get_cluster(api.store.as_ref()).await?;
+    Ok(Json(json!(c)))
+}
+
+async fn hosts(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    identify(api.store.as_ref(), &headers).await?;
+    let (hosts, revision) = state::hosts(api.store.as_ref()).await?;
+    Ok(Json(json!({ "revision": revision, "hosts": hosts })))
+}
+
+async fn containers(
+    State(api): State<Api>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    identify(api.store.as_ref(), &headers).await?;
+    let (cs, revision) = state::containers(api.store.as_ref()).await?;
+    Ok(Json(json!({ "revision": revision, "containers": cs })))
+}
+
+/// Each host's applied revision against the controller's.
+async fn status(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    identify(api.store.as_ref(), &headers).await?;
+    let (hosts, _) = state::hosts(api.store.as_ref()).await?;
+    let revision = api.store.revision().await?;
+    let rows: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            json!({
+                "name": h.name,
+                "state": h.state,
+                "applied_revision": h.applied_revision,
+                "behind": revision.saturating_sub(h.applied_revision),
+                "last_heartbeat_ms": h.last_heartbeat_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "revision": revision, "hosts": rows })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HeartbeatRequest {
+    pub applied_revision: Revision,
+}
+
+async fn heartbeat(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<HeartbeatRequest>,
+) -> ApiResult<Json<model::Host>> {
+    let id = identify(api.store.as_ref(), &headers).await?;
+    require_host(&id, &name)?;
+    Ok(Json(
+        state::heartbeat(api.store.as_ref(), &name, req.applied_revision).await?,
+    ))
+}
+
+async fn add_block(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<model::Host>> {
+    let id = identify(api.store.as_ref(), &headers).await?;
+    require_host(&id, &name)?;
+    Ok(Json(state::add_block(api.store.as_ref(), &name).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PutContainer {
+    pub host: String,
+    pub addr: std::net::Ipv4Addr,
+    #[serde(default)]
+    pub name: String,
+    /// Compare-and-swap: the record's revision as the caller read it; absent: create.
+    #[serde(default)]
+    pub expect_revision: Option<Revision>,
+}
+
+async fn put_container(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<PutContainer>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let who = identify(api.store.as_ref(), &headers).await?;
+    require_host(&who, &req.host)?;
+    let c = Container {
+        id,
+        host: req.host.clone(),
+        addr: req.addr,
+        name: req.name,
+    };
+    let rev = state::put_container(api.store.as_ref(), &req.host, &c, req.expect_revision).await?;
+    Ok(Json(json!({ "revision": rev, "container": c })))
+}
+
+async fn delete_container(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let who = identify(api.store.as_ref(), &headers).await?;
+    let caller = match &who {
+        Identity::Admin => None,
+        Identity::Host(h) => Some(h.as_str()),
+    };
+    let rev = state::delete_container(api.store.as_ref(), caller, &id).await?;
+    Ok(Json(json!({ "revision": rev })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WatchQuery {
+    #[serde(default)]
+    pub from: Revision,
+}
+
+/// One line of the watch stream.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct WatchLine {
+    pub revision: Revision,
+    /// "put" or "delete".
+    pub kind: String,
+    pub key: String,
+    /// The record (JSON) for puts; null for deletes.
+    pub value: Option<serde_json::Value>,
+}
+
+async fn watch(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(q): Query<WatchQuery>,
+) -> ApiResult<Response> {
+    identify(api.store.as_ref(), &headers).await?;
+    // Watch everything and filter: one store watch, in revision order, no gaps.
+    let mut w = api.store.watch("/", q.from).await?;
+    // The first item tells whether the history is there: a compaction is answered with
+    // 410 before any byte of the stream.
+    let first = tokio::time::timeout(std::time::Duration::from_millis(20), w.recv()).await;
+    let first = match first {
+        Ok(Some(Err(StoreError::Compacted {
+            compact_revision, ..
+        }))) => {
+            return Ok((
+                StatusCode::GONE,
+                Json(json!({
+                    "error": format!("history up to revision {compact_revision} was compacted: list again and watch from the listing's revision"),
+                    "compact_revision": compact_revision,
+                })),
+            )
+                .into_response())
+        }
+        Ok(Some(Err(e))) => return Err(e.into()),
+        Ok(Some(Ok(ev))) => Some(ev),
+        Ok(None) => None,
+        Err(_) => None,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(256);
+    tokio::spawn(async move {
+        let mut pending = first;
+        loop {
+            let ev = match pending.take() {
+                Some(ev) => ev,
+                None => match w.recv().await {
+                    Some(Ok(ev)) => ev,
+                    Some(Err(e)) => {
+                        let line = json!({ "error": e.to_string() }).to_string() + "\n";
+                        let _ = tx.send(Ok(line.into_bytes())).await;
+                        return;
+                    }
+                    None => return,
+                },
+            };
+            if !WATCHABLE.iter().any(|p| ev.kv.key.starts_with(p)) {
+                continue;
+            }
+            let line = WatchLine {
+                revision: ev.revision(),
+                kind: match ev.kind {
+                    EventKind::Put => "put".into(),
+                    EventKind::Delete => "delete".into(),
+                },
+                key: ev.kv.key.clone(),
+                value: match ev.kind {
+                    EventKind::Put => serde_json::from_slice(&ev.kv.value).ok(),
+                    EventKind::Delete => None,
+                },
+            };
+            let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+            bytes.push(b'\n');
+            // The client went away: stop watching.
+            if tx.send(Ok(bytes)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok((
+        StatusCode::OK,
+        [("content-type", "application/x-ndjson")],
+        body,
+    )
+        .into_response())
+}
