@@ -460,6 +460,9 @@ pub fn exec(g: &Global, x: &ExecArgs<'_>) -> Result<i32> {
         }
         let console = super::tty::ConsoleSocket::new()?;
         cmd.arg("--tty").arg("--console-socket").arg(console.path());
+        if let Some((rows, cols)) = super::tty::terminal_size() {
+            cmd.arg("--console-size").arg(format!("{rows}x{cols}"));
+        }
         cmd.arg(&r.id).args(command);
         return super::tty::exec_with_console(cmd, console, &r.name);
     }

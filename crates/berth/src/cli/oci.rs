@@ -163,6 +163,10 @@ struct ExecArgs {
     tty: bool,
     #[arg(long = "console-socket")]
     console_socket: Option<PathBuf>,
+    /// ROWSxCOLS for the pty of -t (a berth extension: the size is set before the
+    /// process runs, so it never sees 0x0).
+    #[arg(long = "console-size", hide = true)]
+    console_size: Option<String>,
     #[arg(long)]
     cwd: Option<PathBuf>,
     /// KEY=VALUE, repeatable.
@@ -379,6 +383,21 @@ fn exec(cli: &RuntimeCli, a: &ExecArgs) -> Result<i32> {
             p.set_args(Some(a.command.clone()));
             p.set_terminal(Some(a.tty));
             p.set_console_size(None);
+            if let Some(size) = &a.console_size {
+                let (rows, cols) = size
+                    .split_once('x')
+                    .and_then(|(r, c)| Some((r.parse::<u32>().ok()?, c.parse::<u32>().ok()?)))
+                    .with_context(|| {
+                        format!("invalid --console-size {size:?}: expected ROWSxCOLS")
+                    })?;
+                p.set_console_size(Some(
+                    berth_runtime::spec::oci::BoxBuilder::default()
+                        .height(rows)
+                        .width(cols)
+                        .build()
+                        .context("building the console size")?,
+                ));
+            }
             if let Some(cwd) = &a.cwd {
                 p.set_cwd(cwd.clone());
             }
