@@ -30,6 +30,19 @@ fn main() {
             std::process::exit(1);
         }
     }
+    // The cluster commands live in their own binary, so this one stays small and quick
+    // to start (it runs for every container).
+    if !runtime_mode
+        && args
+            .get(1)
+            .is_some_and(|a| a == "controller" || a == "cluster" || a == "agent")
+    {
+        use std::os::unix::process::CommandExt;
+        let bin = berth_engine::runtime::sibling("berth-cluster");
+        let err = std::process::Command::new(&bin).args(&args[1..]).exec();
+        eprintln!("berth: running {}: {err}", bin.display());
+        std::process::exit(125);
+    }
     let code = if runtime_mode {
         cli::oci::main_runtime(args)
     } else {
