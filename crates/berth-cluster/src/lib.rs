@@ -1,5 +1,6 @@
 //! berth-cluster: the cluster controller's state store, host agents and the VXLAN overlay.
 
+pub mod agent;
 pub mod controller;
 pub mod model;
 pub mod overlay;

@@ -33,6 +33,41 @@ enum Top {
     /// What the controller knows.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// This host's agent.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum AgentCmd {
+    /// Join the cluster and keep this host's overlay in step with it (runs until stopped).
+    Join {
+        #[arg(long)]
+        controller: String,
+        /// The join token.
+        #[arg(long, conflicts_with = "token_file")]
+        token: Option<String>,
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// This host's address on the underlay network.
+        #[arg(long = "underlay-ip")]
+        underlay_ip: std::net::Ipv4Addr,
+        /// Default: the hostname.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = berth_cluster::overlay::config::DEFAULT_DEVICE)]
+        device: String,
+        #[arg(long, default_value = "berth_overlay")]
+        nft_table: String,
+        #[arg(long, default_value_t = 1000)]
+        heartbeat_ms: u64,
+        #[arg(long, default_value_t = 10_000)]
+        resync_ms: u64,
+        /// Keep the VXLAN device's TX checksum offload on (faster; off avoids the
+        /// corrupted-checksum bug of some NICs, as flannel's troubleshooting advises).
+        #[arg(long)]
+        checksum_offload: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,6 +225,50 @@ async fn run(cmd: Top) -> Result<()> {
             serve::serve(l, s).await?;
         }
         Top::Cluster(c) => cluster(c).await?,
+        Top::Agent(AgentCmd::Join {
+            controller,
+            token,
+            token_file,
+            underlay_ip,
+            name,
+            device,
+            nft_table,
+            heartbeat_ms,
+            resync_ms,
+            checksum_offload,
+        }) => {
+            let join_token = match (token, token_file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .trim()
+                    .to_string(),
+                (None, None) => bail!("agent join needs --token or --token-file"),
+            };
+            let name = match name {
+                Some(n) => n,
+                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .context("reading the hostname (or give --name)")?
+                    .trim()
+                    .to_string(),
+            };
+            berth_cluster::agent::run(berth_cluster::agent::AgentConfig {
+                controller,
+                join_token,
+                name,
+                underlay_ip,
+                device,
+                nft_table,
+                heartbeat: std::time::Duration::from_millis(heartbeat_ms),
+                resync: std::time::Duration::from_millis(resync_ms),
+                tx_checksum: if checksum_offload {
+                    berth_cluster::overlay::TxChecksum::Offload
+                } else {
+                    berth_cluster::overlay::TxChecksum::Software
+                },
+            })
+            .await?;
+        }
     }
     Ok(())
 }
