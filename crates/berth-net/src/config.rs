@@ -66,6 +66,11 @@ pub struct NetworkConfig {
     /// own so they never touch the real one.
     #[serde(default = "default_table")]
     pub nft_table: String,
+    /// A cluster network (`--network cluster`): the subnet is this host's block of the
+    /// cluster's address space, and traffic to and from the rest of that space travels
+    /// the overlay unmasqueraded.
+    #[serde(default)]
+    pub cluster_cidr: Option<Ipv4Net>,
 }
 
 fn default_table() -> String {
@@ -83,6 +88,8 @@ pub struct CreateRequest {
     /// Bridge device name; default "br-<first 12 of id>".
     pub bridge: Option<String>,
     pub mtu: Option<u32>,
+    /// See [`NetworkConfig::cluster_cidr`].
+    pub cluster_cidr: Option<Ipv4Net>,
 }
 
 impl NetworkConfig {

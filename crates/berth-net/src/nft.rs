@@ -213,6 +213,16 @@ pub(crate) fn network_rules(net: &NetworkConfig) -> String {
     if net.internal {
         rules.push(format!("forward iifname \"{b}\" oifname != \"{b}\" drop"));
         rules.push(format!("forward oifname \"{b}\" iifname != \"{b}\" drop"));
+    } else if let Some(c) = net.cluster_cidr {
+        // A cluster network: the rest of the cluster's space arrives over the overlay
+        // and is let in, and traffic to it leaves unmasqueraded (containers see each
+        // other's cluster addresses, as with flannel).
+        rules.push(format!(
+            "forward oifname \"{b}\" iifname != \"{b}\" ip saddr != {c} ct status & dnat == 0 drop"
+        ));
+        rules.push(format!(
+            "postrouting ip saddr {s} ip daddr != {c} oifname != \"{b}\" masquerade"
+        ));
     } else {
         rules.push(format!(
             "forward oifname \"{b}\" iifname != \"{b}\" ct status & dnat == 0 drop"
@@ -452,7 +462,22 @@ mod tests {
             created: String::new(),
             labels: Default::default(),
             nft_table: "t".into(),
+            cluster_cidr: None,
         }
+    }
+
+    #[test]
+    fn cluster_networks_let_the_cluster_in_unmasqueraded() {
+        let mut n = net(false);
+        n.cluster_cidr = Some("10.244.0.0/16".parse().unwrap());
+        let r = network_rules(&n);
+        assert!(r.contains(
+            "forward oifname \"br-x\" iifname != \"br-x\" ip saddr != 10.244.0.0/16 ct status & dnat == 0 drop"
+        ), "{r}");
+        assert!(r.contains(
+            "postrouting ip saddr 10.89.1.0/24 ip daddr != 10.244.0.0/16 oifname != \"br-x\" masquerade"
+        ), "{r}");
+        assert!(!r.contains("ip saddr 10.89.1.0/24 oifname"), "{r}");
     }
 
     #[test]

@@ -182,6 +182,7 @@ impl Networks {
             created: config::now_rfc3339(),
             labels: req.labels.clone(),
             nft_table: self.nft_table.clone(),
+            cluster_cidr: req.cluster_cidr,
         };
         net.validate()?;
         let path = self.path_of(&net.name);

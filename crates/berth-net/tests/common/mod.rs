@@ -228,6 +228,7 @@ impl TestNet {
             created: String::new(),
             labels: Default::default(),
             nft_table: table.to_string(),
+            cluster_cidr: None,
         };
         let t = TestNet { net };
         berth_net::setup_network(&t.net).unwrap();
