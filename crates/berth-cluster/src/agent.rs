@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +38,11 @@ pub enum AgentError {
     Overlay(#[from] OverlayError),
     #[error("overlay task: {0}")]
     Task(String),
+    #[error("writing the cluster host file {path}: {source}")]
+    HostFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
@@ -54,6 +60,14 @@ pub struct AgentConfig {
     /// Full reconcile period, whatever the watch says.
     pub resync: Duration,
     pub tx_checksum: TxChecksum,
+    /// Where to record this host's block for `berth run --network cluster`.
+    pub host_file: PathBuf,
+    /// The engine whose cluster-network containers this agent reports (its --root and
+    /// --runroot).
+    pub engine_root: PathBuf,
+    pub engine_runroot: PathBuf,
+    /// How often local containers are compared with the controller's records.
+    pub report_every: Duration,
 }
 
 struct Client {
@@ -187,6 +201,36 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     );
     let cred = joined.credential;
     let applied = Arc::new(AtomicU64::new(0));
+    let mtu = overlay
+        .lock()
+        .map(|o| o.vtep().mtu)
+        .map_err(|_| AgentError::Task("overlay lock poisoned".into()))?;
+    write_host_file(
+        &cfg.host_file,
+        &berth_engine::network::ClusterHost {
+            name: cfg.name.clone(),
+            block,
+            cidr: joined.cluster.cidr,
+            mtu,
+        },
+    )?;
+
+    // Local containers on the cluster network, reported to the controller.
+    {
+        let client = Client {
+            base: client.base.clone(),
+            http: client.http.clone(),
+        };
+        let (cred, cfg) = (cred.clone(), cfg.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = report_containers(&client, &cred, &cfg).await {
+                    eprintln!("berth agent: reporting containers: {e}");
+                }
+                tokio::time::sleep(cfg.report_every).await;
+            }
+        });
+    }
 
     // Heartbeats, independent of the watch.
     {
@@ -308,4 +352,87 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
         }
     }
+}
+
+fn write_host_file(path: &std::path::Path, h: &berth_engine::network::ClusterHost) -> Result<()> {
+    let io = |source| AgentError::HostFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(h).unwrap_or_default()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// This host's containers on the engine's cluster network: id → (address, name).
+fn local_containers(cfg: &AgentConfig) -> BTreeMap<String, (Ipv4Addr, String)> {
+    let paths = berth_engine::paths::Paths::new(&cfg.engine_root, &cfg.engine_runroot);
+    let Ok(nets) = berth_net::Networks::open(&paths.networks()) else {
+        return BTreeMap::new();
+    };
+    let Ok(net) = nets.get(berth_engine::network::CLUSTER_NETWORK) else {
+        return BTreeMap::new();
+    };
+    let names: BTreeMap<String, String> = berth_engine::record::Records::new(&paths)
+        .and_then(|r| r.all())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.id, r.name))
+        .collect();
+    nets.ipam(&net)
+        .allocations()
+        .unwrap_or_default()
+        .into_iter()
+        // An address whose container record is gone is being released: not reported.
+        .filter_map(|(addr, id)| names.get(&id).map(|n| (id.clone(), (addr, n.clone()))))
+        .collect()
+}
+
+/// Level-triggered: what the controller has for this host is made equal to what runs
+/// here (creates for new containers, deletes for removed ones, both for moved ones).
+async fn report_containers(client: &Client, cred: &str, cfg: &AgentConfig) -> Result<()> {
+    let local = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || local_containers(&cfg))
+            .await
+            .map_err(|e| AgentError::Task(e.to_string()))?
+    };
+    let listed: serde_json::Value = client
+        .call(reqwest::Method::GET, "/v1/containers", cred, None)
+        .await?;
+    let remote: BTreeMap<String, crate::model::Container> =
+        serde_json::from_value::<Vec<crate::model::Container>>(listed["containers"].clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.host == cfg.name)
+            .map(|c| (c.id.clone(), c))
+            .collect();
+    for (id, c) in &remote {
+        if local.get(id).is_none_or(|(addr, _)| *addr != c.addr) {
+            client
+                .call::<serde_json::Value>(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/containers/{id}"),
+                    cred,
+                    None,
+                )
+                .await?;
+        }
+    }
+    for (id, (addr, name)) in &local {
+        if remote.get(id).is_none_or(|c| c.addr != *addr) {
+            client
+                .call::<serde_json::Value>(
+                    reqwest::Method::PUT,
+                    &format!("/v1/containers/{id}"),
+                    cred,
+                    Some(serde_json::json!({"host": cfg.name, "addr": addr, "name": name})),
+                )
+                .await?;
+        }
+    }
+    Ok(())
 }

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_berth-cluster");
 
 struct Topology {
+    /// (namespace, engine root): containers removed before the namespaces go.
+    engines: Vec<(String, PathBuf)>,
     tag: String,
     namespaces: Vec<String>,
     procs: Vec<Child>,
@@ -38,6 +40,7 @@ impl Topology {
         }
         let pid = std::process::id();
         let t = Topology {
+            engines: Vec::new(),
             tag: format!("ba{:x}", pid % 0xfffff),
             namespaces: Vec::new(),
             procs: Vec::new(),
@@ -115,6 +118,24 @@ impl Topology {
             .unwrap_or(false)
     }
 
+    /// berth (the engine) inside a host namespace, with the engine root `root`.
+    fn berth(&self, ns: &str, root: &Path, args: &[&str]) -> std::process::Output {
+        let berth = Path::new(BIN).with_file_name("berth");
+        // nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup hierarchies.
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns(ns)))
+            .arg("--")
+            .arg(berth)
+            .arg("--root")
+            .arg(root.join("lib"))
+            .arg("--runroot")
+            .arg(root.join("run"))
+            .args(args)
+            .env("BERTH_CLUSTER_HOST_FILE", root.join("host.json"))
+            .output()
+            .unwrap()
+    }
+
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
@@ -126,6 +147,19 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        for (ns, root) in self.engines.clone() {
+            let ids = self.berth(&ns, &root, &["ps", "-aq"]);
+            for id in String::from_utf8_lossy(&ids.stdout).lines() {
+                let _ = self.berth(&ns, &root, &["rm", "-f", id]);
+            }
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "grep -o ' {}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
+                    root.display()
+                ))
+                .output();
+        }
         for p in &mut self.procs {
             let _ = p.kill();
             let _ = p.wait();
@@ -200,6 +234,13 @@ fn agents_program_the_overlay_and_follow_hosts_down_and_up() {
     let mut agents = Vec::new();
     for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
         let ip = t.addr(i as u8 + 2);
+        let root = t.dir().join(format!("engine-{h}"));
+        std::fs::create_dir_all(&root).unwrap();
+        let (hf, er, err) = (
+            root.join("host.json").display().to_string(),
+            root.join("lib").display().to_string(),
+            root.join("run").display().to_string(),
+        );
         let args = [
             "agent",
             "join",
@@ -215,8 +256,15 @@ fn agents_program_the_overlay_and_follow_hosts_down_and_up() {
             "300",
             "--resync-ms",
             "2000",
+            "--host-file",
+            &hf,
+            "--engine-root",
+            &er,
+            "--engine-runroot",
+            &err,
         ];
         agents.push(t.spawn(h, &args, &format!("{h}.log")));
+        t.engines.push((h.to_string(), root));
     }
     // Each host's block, from the controller.
     let mut blocks = std::collections::BTreeMap::new();
@@ -267,6 +315,105 @@ fn agents_program_the_overlay_and_follow_hosts_down_and_up() {
         "berth.vx counters tx {tx} rx {rx}: {stats}"
     );
 
+    // Containers on h1 and h2 with --network cluster talk by cluster address, unNATed.
+    let image = busybox_tar(t.dir());
+    let mut addrs = Vec::new();
+    for h in ["h1", "h2"] {
+        let root = t.dir().join(format!("engine-{h}"));
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let o = t.berth(h, &root, &["import", image.to_str().unwrap(), "busybox:c"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = t.berth(
+            h,
+            &root,
+            &[
+                "run",
+                "-d",
+                "--name",
+                &format!("c-{h}"),
+                "--network",
+                "cluster",
+                "--dns",
+                "127.0.0.1",
+                "busybox:c",
+                "sleep",
+                "60",
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "run on {h}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = t.berth(
+            h,
+            &root,
+            &[
+                "exec",
+                &format!("c-{h}"),
+                "ip",
+                "-4",
+                "-o",
+                "addr",
+                "show",
+                "eth0",
+            ],
+        );
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let addr = text
+            .split_whitespace()
+            .nth(3)
+            .unwrap_or("")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            addr.starts_with(&vtep(h)[..vtep(h).len() - 1]),
+            "{h}: {text}"
+        );
+        addrs.push(addr);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            admin_get(&t, &ctl_dir, "containers")
+                .as_array()
+                .map(|a| a.len())
+                == Some(2)
+        }),
+        "the agents did not report the containers: {}",
+        t.log("h1.log")
+    );
+    let root1 = t.dir().join("engine-h1");
+    let o = t.berth(
+        "h1",
+        &root1,
+        &["exec", "c-h1", "ping", "-c1", "-W2", &addrs[1]],
+    );
+    assert!(
+        o.status.success(),
+        "c-h1 can't reach c-h2 at {}: {}{}",
+        addrs[1],
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A removed container leaves the controller's map.
+    let root2 = t.dir().join("engine-h2");
+    assert!(t
+        .berth("h2", &root2, &["rm", "-f", "c-h2"])
+        .status
+        .success());
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            admin_get(&t, &ctl_dir, "containers")
+                .as_array()
+                .map(|a| a.len())
+                == Some(1)
+        }),
+        "c-h2 still in the controller's map"
+    );
+
     // h3's agent dies: marked down after the timeout, withdrawn from h1 and h2.
     t.kill(agents[2]);
     assert!(
@@ -284,6 +431,12 @@ fn agents_program_the_overlay_and_follow_hosts_down_and_up() {
     assert!(t.ping("h1", &vtep("h2")), "h1-h2 broke when h3 went down");
     // It comes back.
     let ip3 = t.addr(4);
+    let root3 = t.dir().join("engine-h3");
+    let (hf3, er3, err3) = (
+        root3.join("host.json").display().to_string(),
+        root3.join("lib").display().to_string(),
+        root3.join("run").display().to_string(),
+    );
     let args = [
         "agent",
         "join",
@@ -297,6 +450,12 @@ fn agents_program_the_overlay_and_follow_hosts_down_and_up() {
         "h3",
         "--heartbeat-ms",
         "300",
+        "--host-file",
+        &hf3,
+        "--engine-root",
+        &er3,
+        "--engine-runroot",
+        &err3,
     ];
     t.spawn("h3", &args, "h3b.log");
     assert!(
@@ -330,4 +489,24 @@ fn agents_program_the_overlay_and_follow_hosts_down_and_up() {
         }),
         "hosts not all up after the controller restart"
     );
+}
+
+/// A busybox rootfs tarball under `dir` (for `berth import`).
+fn busybox_tar(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for a in ["sh", "sleep", "ping", "ip"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+    let tar = dir.join("busybox.tar");
+    sh(&format!(
+        "tar -C {} -cf {} .",
+        rootfs.display(),
+        tar.display()
+    ));
+    tar
 }

@@ -133,17 +133,21 @@ pub fn get_or_default(
     name: &str,
     s: &NetSettings,
 ) -> Result<NetworkConfig, NetError> {
-    if name != berth_net::config::DEFAULT_NETWORK {
+    if name != berth_net::config::DEFAULT_NETWORK && name != CLUSTER_NETWORK {
         return Ok(nets.get(name)?);
     }
     if let Ok(n) = nets.get(name) {
         return Ok(n);
     }
-    let req = berth_net::CreateRequest {
-        name: name.to_string(),
-        subnet: Some(s.subnet),
-        bridge: Some(s.bridge.clone()),
-        ..Default::default()
+    let req = if name == CLUSTER_NETWORK {
+        cluster_request()?
+    } else {
+        berth_net::CreateRequest {
+            name: name.to_string(),
+            subnet: Some(s.subnet),
+            bridge: Some(s.bridge.clone()),
+            ..Default::default()
+        }
     };
     match nets.create(&req) {
         Ok(n) => Ok(n),
@@ -151,6 +155,51 @@ pub fn get_or_default(
         Err(_) if nets.get(name).is_ok() => Ok(nets.get(name)?),
         Err(e) => Err(e.into()),
     }
+}
+
+/// `--network cluster`: this host's block of the cluster's address space, as the host's
+/// agent recorded it when it joined.
+pub const CLUSTER_NETWORK: &str = "cluster";
+
+/// What the agent writes after joining (`berth agent join --host-file`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterHost {
+    pub name: String,
+    pub block: ipnet::Ipv4Net,
+    pub cidr: ipnet::Ipv4Net,
+    pub mtu: u32,
+}
+
+/// BERTH_CLUSTER_HOST_FILE, default /run/berth/cluster/host.json.
+pub fn cluster_host_file() -> PathBuf {
+    std::env::var_os("BERTH_CLUSTER_HOST_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/berth/cluster/host.json"))
+}
+
+fn cluster_request() -> Result<berth_net::CreateRequest, NetError> {
+    let path = cluster_host_file();
+    let text = std::fs::read(&path).map_err(|e| NetError::Setting {
+        var: "--network",
+        value: CLUSTER_NETWORK.into(),
+        reason: format!(
+            "this host has not joined a cluster ({}: {e}); run `berth agent join` first",
+            path.display()
+        ),
+    })?;
+    let h: ClusterHost = serde_json::from_slice(&text).map_err(|e| NetError::Setting {
+        var: "--network",
+        value: CLUSTER_NETWORK.into(),
+        reason: format!("reading {}: {e}", path.display()),
+    })?;
+    Ok(berth_net::CreateRequest {
+        name: CLUSTER_NETWORK.into(),
+        subnet: Some(h.block),
+        bridge: Some(std::env::var("BERTH_CLUSTER_BRIDGE").unwrap_or_else(|_| "berth-cl0".into())),
+        mtu: Some(h.mtu),
+        cluster_cidr: Some(h.cidr),
+        ..Default::default()
+    })
 }
 
 /// The port specs of `-p`, plus the image's exposed ports on ephemeral host ports for `-P`.

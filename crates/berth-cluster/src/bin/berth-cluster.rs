@@ -63,6 +63,16 @@ enum AgentCmd {
         heartbeat_ms: u64,
         #[arg(long, default_value_t = 10_000)]
         resync_ms: u64,
+        /// Where `berth run --network cluster` learns this host's block.
+        #[arg(long, default_value = "/run/berth/cluster/host.json")]
+        host_file: PathBuf,
+        /// The engine whose containers on the cluster network are reported.
+        #[arg(long, default_value = "/var/lib/berth")]
+        engine_root: PathBuf,
+        #[arg(long, default_value = "/run/berth")]
+        engine_runroot: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        report_ms: u64,
         /// Keep the VXLAN device's TX checksum offload on (faster; off avoids the
         /// corrupted-checksum bug of some NICs, as flannel's troubleshooting advises).
         #[arg(long)]
@@ -236,6 +246,10 @@ async fn run(cmd: Top) -> Result<()> {
             heartbeat_ms,
             resync_ms,
             checksum_offload,
+            host_file,
+            engine_root,
+            engine_runroot,
+            report_ms,
         }) => {
             let join_token = match (token, token_file) {
                 (Some(t), _) => t,
@@ -261,6 +275,10 @@ async fn run(cmd: Top) -> Result<()> {
                 nft_table,
                 heartbeat: std::time::Duration::from_millis(heartbeat_ms),
                 resync: std::time::Duration::from_millis(resync_ms),
+                host_file,
+                engine_root,
+                engine_runroot,
+                report_every: std::time::Duration::from_millis(report_ms),
                 tx_checksum: if checksum_offload {
                     berth_cluster::overlay::TxChecksum::Offload
                 } else {
