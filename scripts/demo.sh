@@ -76,3 +76,6 @@ berth network rm demo-net >/dev/null
 
 echo "== refused: a sensitive host path"
 berth run --rm -v /etc:/host-etc busybox:demo true || echo "(exit $?, as expected)"
+
+echo "== the cluster: a controller and three hosts (network namespaces), containers talking by cluster address"
+bash scripts/cluster-demo.sh

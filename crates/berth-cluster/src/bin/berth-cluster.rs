@@ -379,8 +379,8 @@ async fn cluster(c: ClusterCmd) -> Result<()> {
                     "{:<20}{:<6}{:>10}{:>8}",
                     h["name"].as_str().unwrap_or(""),
                     h["state"].as_str().unwrap_or(""),
-                    h["applied_revision"],
-                    h["behind"]
+                    h["applied_revision"].as_u64().unwrap_or(0),
+                    h["behind"].as_u64().unwrap_or(0)
                 );
             }
         }
