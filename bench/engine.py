@@ -83,7 +83,7 @@ def main():
         batch[k] = time.perf_counter() - t0
 
     # Resident memory of the process that holds a running container's stdio.
-    out = subprocess.run(berth + ["run", "-d", "--name", "rss", "localhost/busybox:bench", "sleep", "60"],
+    out = subprocess.run(berth + ["run", "-d", "--name", "rss", "--network", "none", "localhost/busybox:bench", "sleep", "60"],
                          check=True, capture_output=True, text=True).stdout.strip()
     rec = os.path.join(a.work, "berth", "containers", out, "container.json")
     import json
