@@ -376,10 +376,14 @@ fn local_containers(cfg: &AgentConfig) -> BTreeMap<String, (Ipv4Addr, String)> {
     let Ok(net) = nets.get(berth_engine::network::CLUSTER_NETWORK) else {
         return BTreeMap::new();
     };
+    // Only containers that have been started: their network is plumbed (that happens
+    // before start), so a peer that learns the address can reach it at once. An address
+    // advertised earlier made peers' ARP for it fail and retry only after a second.
     let names: BTreeMap<String, String> = berth_engine::record::Records::new(&paths)
         .and_then(|r| r.all())
         .unwrap_or_default()
         .into_iter()
+        .filter(|r| r.started_at.is_some())
         .map(|r| (r.id, r.name))
         .collect();
     nets.ipam(&net)
