@@ -242,7 +242,7 @@ fn parse_proto(s: &str) -> Option<Proto> {
 /// The kernel side of a network exists (after a reboot it doesn't): the bridge device is
 /// the marker; when it is missing, bridge, sysctls and rules are (re)made.
 pub fn ensure_kernel_state(net: &NetworkConfig) -> Result<(), NetError> {
-    if !Path::new("/sys/class/net").join(&net.bridge).exists() {
+    if !berth_net::link::exists(&net.bridge).map_err(berth_net::Error::from)? {
         berth_net::setup_network(net)?;
     }
     Ok(())

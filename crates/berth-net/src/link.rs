@@ -83,6 +83,17 @@ pub fn ensure_bridge(net: &NetworkConfig) -> Result<(), LinkError> {
         .map_err(op(format!("setting bridge {br} up with mtu {}", net.mtu)))
 }
 
+/// Whether a device named `name` exists in the caller's network namespace (asked over
+/// netlink: /sys/class/net shows the namespace sysfs was mounted in, which differs under
+/// `nsenter --net`).
+pub fn exists(name: &str) -> Result<bool, LinkError> {
+    let mut nl = Netlink::open().map_err(op("opening a netlink socket"))?;
+    Ok(nl
+        .link_index(name)
+        .map_err(op(format!("looking up {name}")))?
+        .is_some())
+}
+
 /// Deletes the bridge; nothing to do if it is gone.
 pub fn delete_bridge(net: &NetworkConfig) -> Result<(), LinkError> {
     let mut nl = Netlink::open().map_err(op("opening a netlink socket"))?;
@@ -132,7 +143,8 @@ pub fn attach(
 
     match configure_inside(net, &netns, addr, &short) {
         Ok((mut inside, eth0)) => {
-            wait_until_forwarding(&mut inside, eth0, veth);
+            let veth_index = host.link_index(veth).ok().flatten();
+            wait_until_forwarding(&mut inside, eth0, &mut host, veth_index, veth);
             Ok(attachment)
         }
         Err(e) => {
@@ -148,13 +160,23 @@ pub fn attach(
 /// that starts sending at once would lose its first SYN and wait a 1 s retransmit.
 /// Waits, briefly and bounded, until eth0 can transmit and the host end forwards
 /// on the bridge; if that does not happen in time the kernel will still get there.
-fn wait_until_forwarding(inside: &mut Netlink, eth0: u32, veth: &str) {
+fn wait_until_forwarding(
+    inside: &mut Netlink,
+    eth0: u32,
+    host: &mut Netlink,
+    veth_index: Option<u32>,
+    veth: &str,
+) {
     const FORWARDING: &str = "3";
     let brport_state = format!("/sys/class/net/{veth}/brport/state");
     let deadline = Instant::now() + Duration::from_millis(200);
     loop {
-        let host_ready =
-            std::fs::read_to_string(&brport_state).is_ok_and(|s| s.trim() == FORWARDING);
+        let host_ready = match std::fs::read_to_string(&brport_state) {
+            Ok(s) => s.trim() == FORWARDING,
+            // sysfs belongs to another network namespace (we run under `nsenter --net`):
+            // judge the host end by its carrier, over netlink, rather than wait it out.
+            Err(_) => veth_index.is_none_or(|i| host.is_transmitting(i).unwrap_or(true)),
+        };
         if host_ready && inside.is_transmitting(eth0).unwrap_or(true) {
             return;
         }
