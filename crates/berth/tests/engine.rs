@@ -522,9 +522,7 @@ fn after_a_reboot_containers_show_exited_restart_and_rm_cleanly() {
     });
     assert!(gone, "container init {pid} survived SIGKILL");
     unmount_under(b.dir.path());
-    for d in find_cgroup_dirs(&id) {
-        let _ = std::fs::remove_dir(&d);
-    }
+    remove_cgroup_dirs(&id);
     std::fs::remove_dir_all(b.dir.path().join("run")).unwrap();
 
     let ps = b.ok(&["ps", "-a", "--format", "json"]);

@@ -729,9 +729,7 @@ fn first_command_after_a_reboot_releases_what_no_container_owns() {
     }
     std::thread::sleep(Duration::from_millis(200));
     unmount_under(t.dir.path());
-    for d in find_cgroup_dirs(&id) {
-        let _ = std::fs::remove_dir(&d);
-    }
+    remove_cgroup_dirs(&id);
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(t.dir.path().join("run")).unwrap();
 
@@ -749,4 +747,5 @@ fn first_command_after_a_reboot_releases_what_no_container_owns() {
     assert_eq!(insp[0]["Containers"], serde_json::json!({}), "address left");
     // The port is free again.
     t.ok(&["run", "--rm", "-p", &spec, "busybox:test", "true"]);
+    assert!(find_cgroup_dirs(&id).is_empty(), "cgroup left behind");
 }

@@ -220,13 +220,38 @@ pub fn read_all(mut f: std::fs::File) -> Vec<u8> {
 }
 
 /// Host cgroup directories of a container under a v1 controller (for leak checks).
+/// Every cgroup directory named after `id`, in every hierarchy mounted under
+/// /sys/fs/cgroup (v1 controllers, named hierarchies like systemd, and the unified one):
+/// a check that looks at only some of them would pass with the rest left behind.
 pub fn find_cgroup_dirs(id: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    for ctrl in ["memory", "pids", "cpu", "freezer", "devices"] {
-        let base = Path::new("/sys/fs/cgroup").join(ctrl);
-        walk(&base, id, 0, &mut found);
+    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return found;
+    };
+    for e in rd.flatten() {
+        // cpu,cpuacct style links point at a hierarchy listed under its own name too.
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            walk(&e.path(), id, 0, &mut found);
+        }
     }
     found
+}
+
+/// Removes the cgroup directories named after `id`, as a reboot would: deepest first,
+/// retrying a few times (a killed task leaves its cgroups a moment after it dies).
+pub fn remove_cgroup_dirs(id: &str) {
+    for _ in 0..100 {
+        let mut dirs = find_cgroup_dirs(id);
+        if dirs.is_empty() {
+            return;
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(&d);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("cgroups of {id} would not go: {:?}", find_cgroup_dirs(id));
 }
 
 fn walk(dir: &Path, id: &str, depth: usize, out: &mut Vec<PathBuf>) {
