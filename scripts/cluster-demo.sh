@@ -44,7 +44,7 @@ for n in ctl h1 h2 h3; do
 done
 in_ns() { local ns=$1; shift; nsenter --net=/run/netns/$tag$ns -- "$@"; }
 
-echo "== berth controller init + serve (in namespace ctl, 10.198.77.1:7480)"
+echo "== berth controller init + serve (in namespace ctl, https://10.198.77.1:7480, mutual TLS)"
 "$bin/berth" controller init --dir "$work/ctl" --cidr 10.244.0.0/16 --heartbeat-timeout-ms 3000
 # nsenter directly (not through a shell function), so $! is the process itself.
 nsenter --net=/run/netns/${tag}ctl -- "$bin/berth-cluster" controller serve --dir "$work/ctl" \
@@ -62,16 +62,16 @@ echo "== berth agent join on h1, h2, h3"
 i=2
 for h in h1 h2 h3; do
   mkdir -p "$work/$h"
-  nsenter --net=/run/netns/$tag$h -- "$bin/berth-cluster" agent join --controller http://10.198.77.1:7480 \
-    --token-file "$work/ctl/join.token" --underlay-ip 10.198.77.$i --name $h \
+  nsenter --net=/run/netns/$tag$h -- "$bin/berth-cluster" agent join --controller https://10.198.77.1:7480 \
+    --ca-cert "$work/ctl/ca.crt" --token-file "$work/ctl/join.token" --underlay-ip 10.198.77.$i --name $h \
     --host-file "$work/$h/host.json" --engine-root "$work/$h/lib" --engine-runroot "$work/$h/run" \
     --heartbeat-ms 500 2>"$work/$h.log" &
   pids+=($!)
   i=$((i + 1))
 done
-export BERTH_CLUSTER_TOKEN
-BERTH_CLUSTER_TOKEN=$(cat "$work/ctl/admin.token")
-ctl=http://10.198.77.1:7480
+# The CLI uses the admin certificate that `controller init` wrote into the directory.
+export BERTH_CLUSTER_DIR="$work/ctl"
+ctl=https://10.198.77.1:7480
 for _ in $(seq 100); do
   [ "$(in_ns ctl "$bin/berth" cluster hosts --controller $ctl --format json 2>/dev/null | wc -l)" = 3 ] && break
   sleep 0.1

@@ -38,6 +38,10 @@ pub enum AgentError {
     Overlay(#[from] OverlayError),
     #[error("overlay task: {0}")]
     Task(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Pki(#[from] crate::controller::pki::PkiError),
     #[error("writing the cluster host file {path}: {source}")]
     HostFile {
         path: PathBuf,
@@ -49,9 +53,11 @@ pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// e.g. http://10.199.0.1:7480
+    /// e.g. https://10.199.0.1:7480
     pub controller: String,
     pub join_token: String,
+    /// The cluster CA (PEM): the only root the agent trusts for the controller.
+    pub ca_pem: String,
     pub name: String,
     pub underlay_ip: Ipv4Addr,
     pub device: String,
@@ -70,6 +76,9 @@ pub struct AgentConfig {
     pub report_every: Duration,
 }
 
+/// The controller's API over mutual TLS: `http` carries the agent's certificate once it
+/// has joined (before that, only the join token in the join request).
+#[derive(Clone)]
 struct Client {
     base: String,
     http: reqwest::Client,
@@ -80,11 +89,14 @@ impl Client {
         &self,
         method: reqwest::Method,
         path: &str,
-        cred: &str,
+        bearer: Option<&str>,
         body: Option<serde_json::Value>,
     ) -> Result<T> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url).bearer_auth(cred);
+        let mut req = self.http.request(method, &url);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -143,16 +155,21 @@ async fn reconcile(overlay: &Arc<Mutex<Overlay>>, hosts: &BTreeMap<String, Host>
 /// Joins (retrying until the controller answers), starts the overlay, then runs until
 /// the process is stopped. Errors after start are logged and retried, never fatal.
 pub async fn run(cfg: AgentConfig) -> Result<()> {
-    let client = Client {
-        base: cfg.controller.trim_end_matches('/').to_string(),
-        http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .map_err(|source| AgentError::Http {
-                url: cfg.controller.clone(),
-                source,
-            })?,
+    let base = cfg.controller.trim_end_matches('/').to_string();
+    let http = |id| {
+        crate::tls::client(
+            &cfg.ca_pem,
+            id,
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(3)),
+        )
     };
+    let joining = Client {
+        base: base.clone(),
+        http: http(None)?,
+    };
+    // A new key at every start, kept in memory only: nothing secret on disk but the
+    // join token, and a restarted agent's old certificate is revoked by its re-join.
+    let (key_pem, csr) = crate::controller::pki::new_csr(&format!("host:{}", cfg.name))?;
     let mac = overlay::vtep_mac(cfg.underlay_ip);
     let mac_s = mac
         .iter()
@@ -160,13 +177,16 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .collect::<Vec<_>>()
         .join(":");
     let mut backoff = Duration::from_millis(100);
-    let joined: JoinResponse = loop {
-        match client
+    let joined: JoinResponse =
+        loop {
+            match joining
             .call(
                 reqwest::Method::POST,
                 "/v1/join",
-                &cfg.join_token,
-                Some(serde_json::json!({"name": cfg.name, "underlay_ip": cfg.underlay_ip, "vtep_mac": mac_s})),
+                Some(&cfg.join_token),
+                Some(serde_json::json!({
+                    "name": cfg.name, "underlay_ip": cfg.underlay_ip, "vtep_mac": mac_s, "csr": csr,
+                })),
             )
             .await
         {
@@ -179,7 +199,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-    };
+        };
     let block = *joined
         .host
         .blocks
@@ -199,7 +219,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         "berth agent: host {} joined with block {block}, device {}",
         cfg.name, cfg.device
     );
-    let cred = joined.credential;
+    let client = Client {
+        base,
+        http: http(Some(crate::tls::ClientIdentity {
+            cert_pem: &joined.certificate,
+            key_pem: &key_pem,
+        }))?,
+    };
     let applied = Arc::new(AtomicU64::new(0));
     let mtu = overlay
         .lock()
@@ -217,14 +243,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 
     // Local containers on the cluster network, reported to the controller.
     {
-        let client = Client {
-            base: client.base.clone(),
-            http: client.http.clone(),
-        };
-        let (cred, cfg) = (cred.clone(), cfg.clone());
+        let (client, cfg) = (client.clone(), cfg.clone());
         tokio::spawn(async move {
             loop {
-                if let Err(e) = report_containers(&client, &cred, &cfg).await {
+                if let Err(e) = report_containers(&client, &cfg).await {
                     eprintln!("berth agent: reporting containers: {e}");
                 }
                 tokio::time::sleep(cfg.report_every).await;
@@ -234,12 +256,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 
     // Heartbeats, independent of the watch.
     {
-        let (client, cred, name, applied, every) = (
-            Client {
-                base: client.base.clone(),
-                http: client.http.clone(),
-            },
-            cred.clone(),
+        let (client, name, applied, every) = (
+            client.clone(),
             cfg.name.clone(),
             applied.clone(),
             cfg.heartbeat,
@@ -251,7 +269,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     .call::<serde_json::Value>(
                         reqwest::Method::PUT,
                         &format!("/v1/hosts/{name}/heartbeat"),
-                        &cred,
+                        None,
                         Some(body),
                     )
                     .await
@@ -268,7 +286,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     loop {
         // List, reconcile, watch from the listing's revision.
         let listed: Result<serde_json::Value> = client
-            .call(reqwest::Method::GET, "/v1/hosts", &cred, None)
+            .call(reqwest::Method::GET, "/v1/hosts", None, None)
             .await;
         let listed = match listed {
             Ok(v) => v,
@@ -295,7 +313,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             Err(e) => eprintln!("berth agent: reconcile: {e}"),
         }
         let url = format!("{}/v1/watch?from={revision}", client.base);
-        let resp = match client.http.get(&url).bearer_auth(&cred).send().await {
+        let resp = match client.http.get(&url).send().await {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
                 // 410: history compacted; anything else: list again after a pause.
@@ -397,7 +415,7 @@ fn local_containers(cfg: &AgentConfig) -> BTreeMap<String, (Ipv4Addr, String)> {
 
 /// Level-triggered: what the controller has for this host is made equal to what runs
 /// here (creates for new containers, deletes for removed ones, both for moved ones).
-async fn report_containers(client: &Client, cred: &str, cfg: &AgentConfig) -> Result<()> {
+async fn report_containers(client: &Client, cfg: &AgentConfig) -> Result<()> {
     let local = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || local_containers(&cfg))
@@ -405,7 +423,7 @@ async fn report_containers(client: &Client, cred: &str, cfg: &AgentConfig) -> Re
             .map_err(|e| AgentError::Task(e.to_string()))?
     };
     let listed: serde_json::Value = client
-        .call(reqwest::Method::GET, "/v1/containers", cred, None)
+        .call(reqwest::Method::GET, "/v1/containers", None, None)
         .await?;
     let remote: BTreeMap<String, crate::model::Container> =
         serde_json::from_value::<Vec<crate::model::Container>>(listed["containers"].clone())
@@ -420,7 +438,7 @@ async fn report_containers(client: &Client, cred: &str, cfg: &AgentConfig) -> Re
                 .call::<serde_json::Value>(
                     reqwest::Method::DELETE,
                     &format!("/v1/containers/{id}"),
-                    cred,
+                    None,
                     None,
                 )
                 .await?;
@@ -432,7 +450,7 @@ async fn report_containers(client: &Client, cred: &str, cfg: &AgentConfig) -> Re
                 .call::<serde_json::Value>(
                     reqwest::Method::PUT,
                     &format!("/v1/containers/{id}"),
-                    cred,
+                    None,
                     Some(serde_json::json!({"host": cfg.name, "addr": addr, "name": name})),
                 )
                 .await?;

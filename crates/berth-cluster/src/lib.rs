@@ -5,3 +5,4 @@ pub mod controller;
 pub mod model;
 pub mod overlay;
 pub mod store;
+pub mod tls;

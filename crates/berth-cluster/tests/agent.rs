@@ -183,16 +183,16 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn admin_get(t: &Topology, ctl_dir: &Path, path: &str) -> serde_json::Value {
-    let token = std::fs::read_to_string(ctl_dir.join("admin.token")).unwrap();
     let o = Command::new("ip")
         .args(["netns", "exec", &t.ns("ctl"), BIN, "cluster", path])
         .args([
             "--controller",
-            &format!("http://{}:7480", t.addr(1)),
+            &format!("https://{}:7480", t.addr(1)),
+            "--dir",
+            ctl_dir.to_str().unwrap(),
             "--format",
             "json",
         ])
-        .env("BERTH_CLUSTER_TOKEN", token.trim())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout).to_string();
@@ -230,7 +230,8 @@ fn agents_program_the_overlay_and_follow_hosts_down_and_up() {
     );
     let token = ctl_dir.join("join.token");
     let token = token.to_str().unwrap().to_string();
-    let controller = format!("http://{listen}");
+    let controller = format!("https://{listen}");
+    let ca = ctl_dir.join("ca.crt").display().to_string();
     let mut agents = Vec::new();
     for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
         let ip = t.addr(i as u8 + 2);
@@ -246,6 +247,8 @@ fn agents_program_the_overlay_and_follow_hosts_down_and_up() {
             "join",
             "--controller",
             &controller,
+            "--ca-cert",
+            &ca,
             "--token-file",
             &token,
             "--underlay-ip",
@@ -442,6 +445,8 @@ fn agents_program_the_overlay_and_follow_hosts_down_and_up() {
         "join",
         "--controller",
         &controller,
+        "--ca-cert",
+        &ca,
         "--token-file",
         &token,
         "--underlay-ip",

@@ -1,5 +1,6 @@
 //! `berth-cluster` (what `berth controller` and `berth cluster` run): init, serve, the
-//! cluster views, and clear errors for a wrong credential and an unreachable controller.
+//! cluster views over mutual TLS, and clear errors for a wrong certificate and an
+//! unreachable controller.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Output};
@@ -24,13 +25,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn run(args: &[&str], token: Option<&str>) -> Output {
-    let mut c = Command::new(BIN);
-    c.args(args).env_remove("BERTH_CLUSTER_TOKEN");
-    if let Some(t) = token {
-        c.env("BERTH_CLUSTER_TOKEN", t);
-    }
-    c.output().unwrap()
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("BERTH_CLUSTER_DIR")
+        .env_remove("BERTH_CONTROLLER")
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -38,36 +39,41 @@ fn init_serve_and_views() {
     let dir = tempfile::tempdir().unwrap();
     let ctl = dir.path().join("ctl");
     let ctl_s = ctl.to_str().unwrap();
-    let o = run(
-        &[
-            "controller",
-            "init",
-            "--dir",
-            ctl_s,
-            "--cidr",
-            "10.244.0.0/20",
-        ],
-        None,
-    );
+    let o = run(&[
+        "controller",
+        "init",
+        "--dir",
+        ctl_s,
+        "--cidr",
+        "10.244.0.0/20",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let admin = std::fs::read_to_string(ctl.join("admin.token")).unwrap();
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(ctl.join("join.token"))
-            .unwrap()
-            .permissions(),
+    let mode = |f: &str| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(ctl.join(f)).unwrap().permissions(),
+        ) & 0o777
+    };
+    assert_eq!(mode("join.token"), 0o600);
+    assert_eq!(mode("admin.key"), 0o600);
+    assert_eq!(mode("ca.crt"), 0o644);
+    let (join, admin) = (
+        std::fs::read_to_string(ctl.join("join.token")).unwrap(),
+        std::fs::read_to_string(ctl.join("admin.crt")).unwrap(),
     );
-    assert_eq!(mode & 0o777, 0o600);
-    // A second init keeps the tokens.
-    let o = run(&["controller", "init", "--dir", ctl_s], None);
+    // A second init keeps the token, the CA and the admin certificate.
+    let ca = std::fs::read_to_string(ctl.join("ca.crt")).unwrap();
+    let o = run(&["controller", "init", "--dir", ctl_s]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("already initialized"));
     assert_eq!(
-        std::fs::read_to_string(ctl.join("admin.token")).unwrap(),
+        std::fs::read_to_string(ctl.join("join.token")).unwrap(),
+        join
+    );
+    assert_eq!(std::fs::read_to_string(ctl.join("ca.crt")).unwrap(), ca);
+    assert_eq!(
+        std::fs::read_to_string(ctl.join("admin.crt")).unwrap(),
         admin
     );
-    let bad = run(
-        &["controller", "init", "--dir", ctl_s, "--cidr", "10.1/x"],
-        None,
-    );
+    let bad = run(&["controller", "init", "--dir", ctl_s, "--cidr", "10.1/x"]);
     assert_eq!(bad.status.code(), Some(125));
 
     let port = free_port();
@@ -78,28 +84,66 @@ fn init_serve_and_views() {
             .spawn()
             .unwrap(),
     );
-    let url = format!("http://{listen}");
+    let url = format!("https://{listen}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let o = run(&["cluster", "status", "--controller", &url], Some(&admin));
+        let o = run(&["cluster", "status", "--controller", &url, "--dir", ctl_s]);
         if o.status.success() {
             assert!(String::from_utf8_lossy(&o.stdout).contains("controller revision"));
             break;
         }
-        assert!(Instant::now() < deadline, "controller did not come up");
+        assert!(
+            Instant::now() < deadline,
+            "controller did not come up: {o:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let o = run(
-        &["cluster", "hosts", "--controller", &url, "--format", "json"],
-        Some(&admin),
-    );
+    let o = run(&[
+        "cluster",
+        "hosts",
+        "--controller",
+        &url,
+        "--dir",
+        ctl_s,
+        "--format",
+        "json",
+    ]);
     assert!(o.status.success());
     assert_eq!(String::from_utf8_lossy(&o.stdout), "");
-    let o = run(&["cluster", "hosts", "--controller", &url], Some("wrong"));
+
+    // Another cluster's admin certificate is refused at the handshake.
+    let other = dir.path().join("other");
+    let other_s = other.to_str().unwrap();
+    assert!(run(&["controller", "init", "--dir", other_s])
+        .status
+        .success());
+    let (cert, key) = (other.join("admin.crt"), other.join("admin.key"));
+    let o = run(&[
+        "cluster",
+        "hosts",
+        "--controller",
+        &url,
+        "--ca-cert",
+        ctl.join("ca.crt").to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("401"), "{o:?}");
-    let dead = format!("http://127.0.0.1:{}", free_port());
-    let o = run(&["cluster", "hosts", "--controller", &dead], Some(&admin));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("contacting the controller"),
+        "{o:?}"
+    );
+    // Without credentials: a clear error naming what is missing.
+    let o = run(&["cluster", "hosts", "--controller", &url]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--dir"),
+        "{o:?}"
+    );
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    let o = run(&["cluster", "hosts", "--controller", &dead, "--dir", ctl_s]);
     assert_eq!(o.status.code(), Some(125));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("contacting the controller"),

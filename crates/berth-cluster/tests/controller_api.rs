@@ -1,5 +1,5 @@
-//! The controller's HTTP API on loopback, backed by the embedded store: join with and
-//! without the token, agents acting only as themselves, CAS on containers, bad requests
+//! The controller's HTTPS API on loopback, backed by the embedded store: mutual TLS with
+//! the cluster CA only, join with and without the token, agents acting only as themselves, CAS on containers, bad requests
 //! that change nothing, watch from a revision, and a compacted watch answered with 410.
 
 #[allow(dead_code)] // shared with the store suites, which use all of it
@@ -8,7 +8,7 @@ mod store_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_cluster::controller::{api, serve, state};
+use berth_cluster::controller::{api, pki, serve, state};
 use berth_cluster::model::Cluster;
 use berth_cluster::store::Store;
 use futures_util::StreamExt;
@@ -21,8 +21,10 @@ struct Ctl {
     base: String,
     server: tokio::task::JoinHandle<()>,
     join_token: String,
-    admin: String,
-    http: reqwest::Client,
+    ca_pem: String,
+    /// No client certificate: may only join or read the API description.
+    anon: reqwest::Client,
+    admin: reqwest::Client,
 }
 
 impl Drop for Ctl {
@@ -47,16 +49,25 @@ async fn controller() -> Ctl {
     .await
     .unwrap();
     let join_token = berth_cluster::controller::auth::random_token().unwrap();
-    let admin = berth_cluster::controller::auth::random_token().unwrap();
-    assert!(api::init_secrets(store.as_ref(), &join_token, &admin)
+    assert!(api::init_secrets(store.as_ref(), &join_token)
         .await
         .ok()
         .unwrap());
+    let ca = api::ca(store.as_ref()).await.ok().unwrap();
+    let admin = api::issue_admin(store.as_ref()).await.ok().unwrap();
+    let server_cert =
+        pki::issue(&ca, "controller", pki::Role::Server(&["127.0.0.1".into()])).unwrap();
+    let tls = berth_cluster::tls::server_config(
+        &ca.cert_pem,
+        &server_cert.cert_pem,
+        &server_cert.key_pem,
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let base = format!("https://{}", listener.local_addr().unwrap());
     let s = store.clone();
     let server = tokio::spawn(async move {
-        let _ = serve::serve(listener, s).await;
+        let _ = serve::serve(listener, s, tls).await;
     });
     Ctl {
         _h: h,
@@ -64,27 +75,31 @@ async fn controller() -> Ctl {
         base,
         server,
         join_token,
-        admin,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
+        anon: client(&ca.cert_pem, None),
+        admin: client(&ca.cert_pem, Some((&admin.cert_pem, &admin.key_pem))),
+        ca_pem: ca.cert_pem,
     }
+}
+
+fn client(ca: &str, id: Option<(&str, &str)>) -> reqwest::Client {
+    berth_cluster::tls::client(
+        ca,
+        id.map(|(cert_pem, key_pem)| berth_cluster::tls::ClientIdentity { cert_pem, key_pem }),
+        reqwest::Client::builder().timeout(Duration::from_secs(10)),
+    )
+    .unwrap()
 }
 
 impl Ctl {
     async fn call(
         &self,
+        who: &reqwest::Client,
         method: &str,
         path: &str,
-        cred: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
         let url = format!("{}{path}", self.base);
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), url)
-            .bearer_auth(cred);
+        let mut req = who.request(method.parse().unwrap(), url);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -94,102 +109,97 @@ impl Ctl {
         (code, v)
     }
 
-    async fn join(&self, name: &str, last: u8) -> (u16, Value) {
-        self.call(
-            "POST",
-            "/v1/join",
-            &self.join_token,
-            Some(json!({"name": name, "underlay_ip": format!("192.0.2.{last}"), "vtep_mac": format!("0a:58:c0:00:02:{last:02x}")})),
-        )
-        .await
+    async fn join_with(&self, token: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .anon
+            .post(format!("{}/v1/join", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Joins as `name` with a fresh key; the client carries the issued certificate.
+    async fn join(&self, name: &str, last: u8) -> (Value, reqwest::Client) {
+        let (key, csr) = pki::new_csr(name).unwrap();
+        let (code, v) = self
+            .join_with(
+                &self.join_token,
+                json!({"name": name, "underlay_ip": format!("192.0.2.{last}"),
+                       "vtep_mac": format!("0a:58:c0:00:02:{last:02x}"), "csr": csr}),
+            )
+            .await;
+        assert_eq!(code, 200, "{v}");
+        let cert = v["certificate"].as_str().unwrap().to_string();
+        let c = client(&self.ca_pem, Some((&cert, &key)));
+        (v, c)
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_needs_the_token_and_agents_act_only_as_themselves() {
     let c = controller().await;
-    let (code, v) = c
-        .call(
-            "POST",
-            "/v1/join",
-            "wrong",
-            Some(json!({"name": "a", "underlay_ip": "192.0.2.1", "vtep_mac": "0a:58:c0:00:02:01"})),
-        )
-        .await;
+    let (_, csr) = pki::new_csr("a").unwrap();
+    let join_a = json!({"name": "a", "underlay_ip": "192.0.2.1", "vtep_mac": "0a:58:c0:00:02:01", "csr": csr});
+    let (code, v) = c.join_with("wrong", join_a.clone()).await;
     assert_eq!(code, 401, "{v}");
     assert!(v["error"].as_str().unwrap().contains("join token"), "{v}");
-    let (code, a) = c.join("a", 1).await;
-    assert_eq!(code, 200, "{a}");
-    let cred_a = a["credential"].as_str().unwrap().to_string();
+    let (a, cred_a) = c.join("a", 1).await;
     let block_a: ipnet::Ipv4Net = a["host"]["blocks"][0].as_str().unwrap().parse().unwrap();
-    let (_, b) = c.join("b", 2).await;
-    let cred_b = b["credential"].as_str().unwrap().to_string();
+    let (_, cred_b) = c.join("b", 2).await;
 
-    // Reads need a credential.
-    assert_eq!(c.call("GET", "/v1/hosts", "nope", None).await.0, 401);
-    let (code, hosts) = c.call("GET", "/v1/hosts", &cred_b, None).await;
+    // Reads need a certificate the controller issued.
+    let (code, v) = c.call(&c.anon, "GET", "/v1/hosts", None).await;
+    assert_eq!(code, 401, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("client certificate"),
+        "{v}"
+    );
+    let (code, hosts) = c.call(&cred_b, "GET", "/v1/hosts", None).await;
     assert_eq!(code, 200);
     assert_eq!(hosts["hosts"].as_array().unwrap().len(), 2);
 
     // a heartbeats itself; b can't heartbeat a.
+    let hb = Some(json!({"applied_revision": 3}));
     let (code, _) = c
-        .call(
-            "PUT",
-            "/v1/hosts/a/heartbeat",
-            &cred_a,
-            Some(json!({"applied_revision": 3})),
-        )
+        .call(&cred_a, "PUT", "/v1/hosts/a/heartbeat", hb.clone())
         .await;
     assert_eq!(code, 200);
-    let (code, v) = c
-        .call(
-            "PUT",
-            "/v1/hosts/a/heartbeat",
-            &cred_b,
-            Some(json!({"applied_revision": 3})),
-        )
-        .await;
+    let (code, v) = c.call(&cred_b, "PUT", "/v1/hosts/a/heartbeat", hb).await;
     assert_eq!(code, 403, "{v}");
 
     // Containers: a in its block; b may not write as a; CAS.
     let addr = std::net::Ipv4Addr::from(u32::from(block_a.network()) + 2).to_string();
     let body = json!({"host": "a", "addr": addr, "name": "web"});
     let (code, v) = c
-        .call("PUT", "/v1/containers/c1", &cred_b, Some(body.clone()))
+        .call(&cred_b, "PUT", "/v1/containers/c1", Some(body.clone()))
         .await;
     assert_eq!(code, 403, "{v}");
     let (code, v) = c
-        .call("PUT", "/v1/containers/c1", &cred_a, Some(body.clone()))
+        .call(&cred_a, "PUT", "/v1/containers/c1", Some(body.clone()))
         .await;
     assert_eq!(code, 200, "{v}");
     let rev = v["revision"].as_u64().unwrap();
     let (code, v) = c
-        .call("PUT", "/v1/containers/c1", &cred_a, Some(body.clone()))
+        .call(&cred_a, "PUT", "/v1/containers/c1", Some(body.clone()))
         .await;
     assert_eq!(code, 409, "create of an existing record: {v}");
     let mut upd = body.clone();
     upd["expect_revision"] = json!(rev);
     upd["name"] = json!("web2");
-    assert_eq!(
-        c.call("PUT", "/v1/containers/c1", &cred_a, Some(upd.clone()))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        c.call("PUT", "/v1/containers/c1", &cred_a, Some(upd))
-            .await
-            .0,
-        409
-    );
+    let put = |u: Value| c.call(&cred_a, "PUT", "/v1/containers/c1", Some(u));
+    assert_eq!(put(upd.clone()).await.0, 200);
+    assert_eq!(put(upd).await.0, 409);
 
     // Bad requests: 4xx, nothing changed.
     let before = c.store.revision().await.unwrap();
     let (code, v) = c
         .call(
+            &cred_a,
             "PUT",
             "/v1/containers/c2",
-            &cred_a,
             Some(json!({"host": "a", "addr": "10.9.9.9"})),
         )
         .await;
@@ -197,55 +207,110 @@ async fn join_needs_the_token_and_agents_act_only_as_themselves() {
     assert!(v["error"].as_str().unwrap().contains("10.9.9.9"), "{v}");
     let (code, _) = c
         .call(
+            &cred_a,
             "PUT",
             "/v1/containers/c2",
-            &cred_a,
             Some(json!({"host": "a"})),
         )
         .await;
     assert!((400..500).contains(&code), "missing addr: {code}");
+    let (_, csr) = pki::new_csr("x").unwrap();
     let (code, v) = c
-        .call(
-            "POST",
-            "/v1/join",
+        .join_with(
             &c.join_token,
-            Some(json!({"name": "bad name", "underlay_ip": "192.0.2.9", "vtep_mac": "0a:58:c0:00:02:09"})),
+            json!({"name": "bad name", "underlay_ip": "192.0.2.9", "vtep_mac": "0a:58:c0:00:02:09", "csr": csr}),
         )
         .await;
     assert_eq!(code, 400, "{v}");
+    let mut bad_csr = join_a.clone();
+    bad_csr["name"] = json!("c");
+    bad_csr["csr"] =
+        json!("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n");
+    let (code, v) = c.join_with(&c.join_token, bad_csr).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("certificate signing request"),
+        "{v}"
+    );
     assert_eq!(
         c.store.revision().await.unwrap(),
         before,
         "a bad request wrote"
     );
 
-    // A re-join replaces the credential: the old one stops working.
-    let (_, a2) = c.join("a", 1).await;
+    // A re-join replaces the certificate: the old one, though validly signed, stops
+    // working.
+    let (a2, _) = c.join("a", 1).await;
     assert_eq!(a2["host"]["blocks"], a["host"]["blocks"]);
-    assert_eq!(c.call("GET", "/v1/hosts", &cred_a, None).await.0, 401);
+    let (code, v) = c.call(&cred_a, "GET", "/v1/hosts", None).await;
+    assert_eq!(code, 401, "{v}");
     // The admin may delete anyone's container.
     assert_eq!(
-        c.call("DELETE", "/v1/containers/c1", &c.admin, None)
+        c.call(&c.admin, "DELETE", "/v1/containers/c1", None)
             .await
             .0,
         200
     );
-    let (code, st) = c.call("GET", "/v1/status", &c.admin, None).await;
+    let (code, st) = c.call(&c.admin, "GET", "/v1/status", None).await;
     assert_eq!(code, 200);
     assert_eq!(st["hosts"].as_array().unwrap().len(), 2, "{st}");
-    assert_eq!(c.call("GET", "/v1/openapi.json", "", None).await.0, 200);
+    assert_eq!(
+        c.call(&c.anon, "GET", "/v1/openapi.json", None).await.0,
+        200
+    );
+}
+
+/// A client certificate from another CA fails the handshake; a client that doesn't
+/// trust the cluster CA can't talk to the controller; plain HTTP gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_cluster_ca_is_trusted_both_ways() {
+    let c = controller().await;
+    let other = pki::new_ca().unwrap();
+    let stranger = pki::issue(&other, "admin", pki::Role::Client).unwrap();
+    let rogue = client(&c.ca_pem, Some((&stranger.cert_pem, &stranger.key_pem)));
+    let e = rogue.get(format!("{}/v1/hosts", c.base)).send().await;
+    assert!(
+        e.is_err(),
+        "a certificate from another CA was accepted: {e:?}"
+    );
+    let distrusting = client(&other.cert_pem, None);
+    let e = distrusting
+        .get(format!("{}/v1/openapi.json", c.base))
+        .send()
+        .await;
+    assert!(
+        e.is_err(),
+        "the controller's certificate was accepted by a foreign CA: {e:?}"
+    );
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let r = plain
+        .get(format!(
+            "{}/v1/openapi.json",
+            c.base.replace("https://", "http://")
+        ))
+        .send()
+        .await;
+    assert!(
+        r.is_err() || !r.unwrap().status().is_success(),
+        "plain HTTP was served"
+    );
+    // The legitimate admin still works on the same listener afterwards.
+    assert_eq!(c.call(&c.admin, "GET", "/v1/hosts", None).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_streams_changes_after_a_revision_and_410_after_compaction() {
     let c = controller().await;
-    let (_, a) = c.join("a", 1).await;
-    let cred = a["credential"].as_str().unwrap().to_string();
+    let (_, cred) = c.join("a", 1).await;
     let from = c.store.revision().await.unwrap();
-    let resp = c
-        .http
+    let resp = cred
         .get(format!("{}/v1/watch?from={from}", c.base))
-        .bearer_auth(&cred)
         .send()
         .await
         .unwrap();
@@ -284,7 +349,7 @@ async fn watch_streams_changes_after_a_revision_and_410_after_compaction() {
     let now = c.store.revision().await.unwrap();
     c.store.compact(now).await.unwrap();
     let (code, v) = c
-        .call("GET", &format!("/v1/watch?from={from}"), &cred, None)
+        .call(&cred, "GET", &format!("/v1/watch?from={from}"), None)
         .await;
     assert_eq!(code, 410, "{v}");
     assert_eq!(v["compact_revision"].as_u64(), Some(now), "{v}");

@@ -5,8 +5,15 @@
 //! ```text
 //! berth controller init  --dir DIR [--store URL] [--cidr 10.244.0.0/16] [--block-prefix 24]
 //!                        [--vni 1] [--vxlan-port 4789] [--heartbeat-timeout-ms 10000]
-//! berth controller serve --dir DIR [--store URL] [--listen 127.0.0.1:7480]
-//! berth cluster hosts|containers|status --controller URL [--token-file F] [--format table|json]
+//! berth controller serve --dir DIR [--store URL] [--listen 127.0.0.1:7480] [--san NAME]...
+//! berth agent join --controller https://IP:PORT --ca-cert ca.crt --token-file F --underlay-ip IP
+//! berth cluster hosts|containers|status --controller URL --dir DIR [--format table|json]
+//! ```
+//!
+//! `init` writes into DIR: `join.token` (for agents), `ca.crt` (the cluster CA, for every
+//! host), and `admin.crt` + `admin.key` (the CLI's client certificate); secrets 0600.
+//!
+//! ```text
 //! ```
 
 use std::io::Write;
@@ -14,7 +21,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use berth_cluster::controller::{api, auth, serve, state};
+use berth_cluster::controller::{api, auth, pki, serve, state};
 use berth_cluster::model::Cluster;
 use clap::{Parser, Subcommand};
 
@@ -42,8 +49,12 @@ enum Top {
 enum AgentCmd {
     /// Join the cluster and keep this host's overlay in step with it (runs until stopped).
     Join {
+        /// e.g. https://10.0.0.1:7480
         #[arg(long)]
         controller: String,
+        /// The cluster CA certificate (`ca.crt` from `controller init`).
+        #[arg(long)]
+        ca_cert: PathBuf,
         /// The join token.
         #[arg(long, conflicts_with = "token_file")]
         token: Option<String>,
@@ -82,7 +93,7 @@ enum AgentCmd {
 
 #[derive(Subcommand, Debug)]
 enum ControllerCmd {
-    /// Create the cluster: its address space, a join token and an admin token.
+    /// Create the cluster: its address space, a CA, a join token and an admin certificate.
     Init {
         /// The controller's directory (store file, tokens).
         #[arg(long)]
@@ -109,6 +120,10 @@ enum ControllerCmd {
         store: Option<String>,
         #[arg(long, default_value = "127.0.0.1:7480")]
         listen: String,
+        /// More names or addresses for the serving certificate (besides the listen
+        /// address, 127.0.0.1, localhost and the hostname).
+        #[arg(long)]
+        san: Vec<String>,
     },
 }
 
@@ -124,12 +139,20 @@ enum ClusterCmd {
 
 #[derive(clap::Args, Debug)]
 struct View {
-    /// e.g. http://127.0.0.1:7480
+    /// e.g. https://127.0.0.1:7480
     #[arg(long, env = "BERTH_CONTROLLER")]
     controller: String,
-    /// A file holding the admin token or an agent's credential (default: $BERTH_CLUSTER_TOKEN).
+    /// The controller's directory (from `controller init`): its ca.crt, admin.crt and
+    /// admin.key are used unless --ca-cert/--cert/--key say otherwise.
+    #[arg(long, env = "BERTH_CLUSTER_DIR")]
+    dir: Option<PathBuf>,
     #[arg(long)]
-    token_file: Option<PathBuf>,
+    ca_cert: Option<PathBuf>,
+    /// A client certificate issued by the controller, and its key.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long)]
+    key: Option<PathBuf>,
     #[arg(long, default_value = "table")]
     format: String,
 }
@@ -164,15 +187,50 @@ fn store_url(dir: &Path, store: Option<String>) -> String {
 
 /// Writes a secret readable by root only.
 fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    write_file(path, secret, 0o600)
+}
+
+/// Writes `text` to `path` with `mode`, atomically (a temporary file renamed over it),
+/// so a reader never sees half a key and an existing file's mode can't linger.
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(secret.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The controller's serving certificate, issued from the cluster CA at every start for
+/// the listen address, loopback, the hostname and `--san`.
+async fn serving_tls(
+    store: &dyn berth_cluster::store::Store,
+    listen: std::net::IpAddr,
+    san: Vec<String>,
+) -> Result<std::sync::Arc<rustls::ServerConfig>> {
+    let ca = api::ca(store)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the cluster CA: {}", e.message()))?;
+    let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    if !listen.is_unspecified() {
+        names.push(listen.to_string());
+    }
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(h.trim().to_string());
+    }
+    names.extend(san);
+    let issued = pki::issue(&ca, "berth controller", pki::Role::Server(&names))?;
+    Ok(berth_cluster::tls::server_config(
+        &ca.cert_pem,
+        &issued.cert_pem,
+        &issued.key_pem,
+    )?)
 }
 
 async fn run(cmd: Top) -> Result<()> {
@@ -202,27 +260,47 @@ async fn run(cmd: Top) -> Result<()> {
                 .with_context(|| format!("opening the store {url}"))?;
             let in_force = state::init(s.as_ref(), &cluster).await?;
             let join = auth::random_token()?;
-            let admin = auth::random_token()?;
-            if api::init_secrets(s.as_ref(), &join, &admin)
-                .await
-                .map_err(|_| anyhow::anyhow!("writing the cluster's tokens to the store"))?
-            {
+            let fresh = api::init_secrets(s.as_ref(), &join).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "writing the cluster's secrets to the store: {}",
+                    e.message()
+                )
+            })?;
+            if fresh {
                 write_secret(&dir.join("join.token"), &join)?;
-                write_secret(&dir.join("admin.token"), &admin)?;
                 println!(
                     "cluster {} (blocks of /{}) created",
                     in_force.cidr, in_force.block_prefix
                 );
             } else {
                 println!(
-                    "cluster {} already initialized; tokens unchanged",
+                    "cluster {} already initialized; join token unchanged",
                     in_force.cidr
                 );
             }
-            println!("join token: {}", dir.join("join.token").display());
-            println!("admin token: {}", dir.join("admin.token").display());
+            let ca = api::ca(s.as_ref())
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the cluster CA: {}", e.message()))?;
+            write_file(&dir.join("ca.crt"), &ca.cert_pem, 0o644)?;
+            // Another controller's directory on the same etcd gets its own admin
+            // certificate; an existing one is kept.
+            if fresh || !dir.join("admin.crt").exists() {
+                let admin = api::issue_admin(s.as_ref()).await.map_err(|e| {
+                    anyhow::anyhow!("issuing the admin certificate: {}", e.message())
+                })?;
+                write_secret(&dir.join("admin.key"), &admin.key_pem)?;
+                write_file(&dir.join("admin.crt"), &admin.cert_pem, 0o644)?;
+            }
+            for f in ["join.token", "ca.crt", "admin.crt", "admin.key"] {
+                println!("{f}: {}", dir.join(f).display());
+            }
         }
-        Top::Controller(ControllerCmd::Serve { dir, store, listen }) => {
+        Top::Controller(ControllerCmd::Serve {
+            dir,
+            store,
+            listen,
+            san,
+        }) => {
             let url = store_url(&dir, store);
             let s = berth_cluster::store::open(&url)
                 .await
@@ -231,8 +309,10 @@ async fn run(cmd: Top) -> Result<()> {
             let l = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
-            eprintln!("berth controller: serving on http://{}", l.local_addr()?);
-            serve::serve(l, s).await?;
+            let local = l.local_addr()?;
+            let tls = serving_tls(s.as_ref(), local.ip(), san).await?;
+            eprintln!("berth controller: serving on https://{local}");
+            serve::serve(l, s, tls).await?;
         }
         Top::Cluster(c) => cluster(c).await?,
         Top::Agent(AgentCmd::Join {
@@ -241,6 +321,7 @@ async fn run(cmd: Top) -> Result<()> {
             token_file,
             underlay_ip,
             name,
+            ca_cert,
             device,
             nft_table,
             heartbeat_ms,
@@ -266,9 +347,12 @@ async fn run(cmd: Top) -> Result<()> {
                     .trim()
                     .to_string(),
             };
+            let ca_pem = std::fs::read_to_string(&ca_cert)
+                .with_context(|| format!("reading the cluster CA {}", ca_cert.display()))?;
             berth_cluster::agent::run(berth_cluster::agent::AgentConfig {
                 controller,
                 join_token,
+                ca_pem,
                 name,
                 underlay_ip,
                 device,
@@ -297,20 +381,32 @@ async fn cluster(c: ClusterCmd) -> Result<()> {
         ClusterCmd::Containers(v) => ("/v1/containers", v),
         ClusterCmd::Status(v) => ("/v1/status", v),
     };
-    let token = match &view.token_file {
-        Some(f) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading {}", f.display()))?
-            .trim()
-            .to_string(),
-        None => std::env::var("BERTH_CLUSTER_TOKEN")
-            .context("no credential: give --token-file or set BERTH_CLUSTER_TOKEN")?,
+    let file = |explicit: &Option<PathBuf>, name: &str| -> Result<String> {
+        let path = match (explicit, &view.dir) {
+            (Some(p), _) => p.clone(),
+            (None, Some(d)) => d.join(name),
+            (None, None) => bail!(
+                "no {name}: give --dir (the controller's directory) or --ca-cert, --cert and --key"
+            ),
+        };
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     };
+    let (ca, cert, key) = (
+        file(&view.ca_cert, "ca.crt")?,
+        file(&view.cert, "admin.crt")?,
+        file(&view.key, "admin.key")?,
+    );
+    let http = berth_cluster::tls::client(
+        &ca,
+        Some(berth_cluster::tls::ClientIdentity {
+            cert_pem: &cert,
+            key_pem: &key,
+        }),
+        reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)),
+    )?;
     let url = format!("{}{path}", view.controller.trim_end_matches('/'));
-    let resp = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()?
+    let resp = http
         .get(&url)
-        .bearer_auth(token)
         .send()
         .await
         .with_context(|| format!("contacting the controller at {}", view.controller))?;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -17,12 +17,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::{self, Identity, Secrets};
+use super::pki::{self, CaMaterial};
+use super::serve::Peer;
 use super::state::{self, JoinInfo, StateError};
 use crate::model::{self, Container};
-use crate::store::{Condition, EventKind, Revision, Store, StoreError};
+use crate::store::{Condition, EventKind, Revision, Store, StoreError, Txn};
 
 pub const SECRETS_KEY: &str = "/secrets/cluster";
-const HOST_SECRETS: &str = "/secrets/hosts/";
+pub const CA_KEY: &str = "/secrets/ca";
+/// `/secrets/hosts/<name>`: the fingerprint of the host's current certificate.
+const HOST_CERTS: &str = "/secrets/hosts/";
+/// `/secrets/certs/<fingerprint>`: whose certificate it is (see auth.rs).
+const CERTS: &str = "/secrets/certs/";
 /// Prefixes a watch may ask for (never /secrets/).
 const WATCHABLE: [&str; 4] = [
     model::HOSTS,
@@ -38,6 +44,12 @@ pub struct Api {
 
 /// An error as the API reports it.
 pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub fn message(&self) -> &str {
+        &self.1
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -99,23 +111,66 @@ fn unauthorized(why: &str) -> ApiError {
     ApiError(StatusCode::UNAUTHORIZED, why.to_string())
 }
 
-/// The caller's identity from its bearer credential: the admin token, or a host
-/// credential whose digest is stored for that host.
-async fn identify(store: &dyn Store, headers: &HeaderMap) -> ApiResult<Identity> {
-    let cred =
-        bearer(headers).ok_or_else(|| unauthorized("missing Authorization: Bearer credential"))?;
-    let s = secrets(store).await?;
-    if auth::matches(cred, &s.admin_token_sha256) {
-        return Ok(Identity::Admin);
-    }
-    if let Some(host) = auth::credential_host(cred) {
-        if let Some(kv) = store.get(&format!("{HOST_SECRETS}{host}")).await? {
-            if auth::matches(cred, &String::from_utf8_lossy(&kv.value)) {
-                return Ok(Identity::Host(host.to_string()));
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// The caller's identity from its client certificate: the handshake proved it was
+/// signed by the cluster CA; the store says whose it is and that it is still current.
+async fn identify(store: &dyn Store, peer: &Peer) -> ApiResult<Identity> {
+    let fp = peer.cert_fingerprint.as_deref().ok_or_else(|| {
+        unauthorized(
+            "no client certificate: this request needs the certificate the controller issued",
+        )
+    })?;
+    let kv = store.get(&format!("{CERTS}{fp}")).await?.ok_or_else(|| {
+        unauthorized("client certificate not recognized (revoked by a later join?)")
+    })?;
+    Identity::from_record(&String::from_utf8_lossy(&kv.value))
+        .ok_or_else(|| internal(format!("unreadable identity record {CERTS}{fp}")))
+}
+
+/// Records `fingerprint` as the certificate of `id`, and (for a host) replaces the
+/// host's previous certificate, in one transaction.
+async fn record_cert(store: &dyn Store, id: &Identity, fingerprint: &str) -> ApiResult<()> {
+    let mut txn = Txn::new().put(format!("{CERTS}{fingerprint}"), id.record());
+    if let Identity::Host(h) = id {
+        let key = format!("{HOST_CERTS}{h}");
+        let old = store.get(&key).await?;
+        let cond = match &old {
+            Some(kv) => {
+                txn = txn.delete(format!("{CERTS}{}", String::from_utf8_lossy(&kv.value)));
+                Condition::ModRevision(kv.mod_revision)
             }
-        }
+            None => Condition::Absent,
+        };
+        txn = txn
+            .when(key.clone(), cond)
+            .put(key, fingerprint.to_string());
     }
-    Err(unauthorized("credential not recognized"))
+    store.txn(txn).await?;
+    Ok(())
+}
+
+/// Issues and records a certificate made here (the admin's, at `controller init`).
+pub async fn issue_admin(store: &dyn Store) -> ApiResult<pki::Issued> {
+    let ca = ca(store).await?;
+    let issued = pki::issue(&ca, &Identity::Admin.record(), pki::Role::Client).map_err(internal)?;
+    let fp = pki::pem_fingerprint(&issued.cert_pem)
+        .ok_or_else(|| internal("reading back the admin certificate"))?;
+    record_cert(store, &Identity::Admin, &fp).await?;
+    Ok(issued)
+}
+
+/// The cluster CA from the store.
+pub async fn ca(store: &dyn Store) -> ApiResult<CaMaterial> {
+    let kv = store.get(CA_KEY).await?.ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster has no CA: run `berth controller init`".into(),
+        )
+    })?;
+    serde_json::from_slice(&kv.value).map_err(|e| internal(format!("decoding {CA_KEY}: {e}")))
 }
 
 /// Agents may only act as themselves; the admin may act for anyone.
@@ -130,18 +185,19 @@ fn require_host(id: &Identity, host: &str) -> ApiResult<()> {
     }
 }
 
-/// Writes the cluster secrets (at `controller init`): nothing if they exist.
-pub async fn init_secrets(
-    store: &dyn Store,
-    join_token: &str,
-    admin_token: &str,
-) -> ApiResult<bool> {
+/// Writes the join token's digest and a new CA (at `controller init`); nothing if the
+/// cluster already has them. True if they were written now.
+pub async fn init_secrets(store: &dyn Store, join_token: &str) -> ApiResult<bool> {
     let s = Secrets {
         join_token_sha256: auth::digest(join_token),
-        admin_token_sha256: auth::digest(admin_token),
     };
-    let v = serde_json::to_vec(&s).unwrap_or_default();
-    match store.put(SECRETS_KEY, v, Condition::Absent).await {
+    let ca = pki::new_ca().map_err(internal)?;
+    let txn = Txn::new()
+        .when(SECRETS_KEY, Condition::Absent)
+        .when(CA_KEY, Condition::Absent)
+        .put(SECRETS_KEY, serde_json::to_vec(&s).unwrap_or_default())
+        .put(CA_KEY, serde_json::to_vec(&ca).unwrap_or_default());
+    match store.txn(txn).await {
         Ok(_) => Ok(true),
         Err(StoreError::CompareFailed(_)) => Ok(false),
         Err(e) => Err(e.into()),
@@ -179,14 +235,16 @@ pub struct JoinRequest {
     pub name: String,
     pub underlay_ip: std::net::Ipv4Addr,
     pub vtep_mac: String,
+    /// A PEM certificate signing request for the agent's own key.
+    pub csr: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JoinResponse {
     pub host: model::Host,
     pub cluster: model::Cluster,
-    /// `<host>.<secret>`: the agent's credential from now on.
-    pub credential: String,
+    /// PEM: the agent's client certificate from now on (CN `host:<name>`).
+    pub certificate: String,
 }
 
 async fn join(
@@ -200,6 +258,13 @@ async fn join(
     if !auth::matches(token, &s.join_token_sha256) {
         return Err(unauthorized("invalid join token"));
     }
+    // Checked before anything is written: a bad CSR changes nothing.
+    model::validate_host_name(&req.name)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let id = Identity::Host(req.name.clone());
+    let ca = ca(api.store.as_ref()).await?;
+    let certificate = pki::sign_csr(&ca, &req.csr, &id.record())
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let host = state::join(
         api.store.as_ref(),
         &JoinInfo {
@@ -209,49 +274,52 @@ async fn join(
         },
     )
     .await?;
-    // A new credential each join: a re-joining agent (restart, lost state) gets one,
+    // A new certificate each join: a re-joining agent (restart, lost state) gets one,
     // and the old one stops working.
-    let credential = auth::host_credential(&host.name)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    api.store
-        .put(
-            &format!("{HOST_SECRETS}{}", host.name),
-            auth::digest(&credential).into_bytes(),
-            Condition::Any,
-        )
-        .await?;
+    let fp = pki::pem_fingerprint(&certificate)
+        .ok_or_else(|| internal("reading back the issued certificate"))?;
+    record_cert(api.store.as_ref(), &id, &fp).await?;
     let cluster = state::get_cluster(api.store.as_ref()).await?;
     Ok(Json(JoinResponse {
         host,
         cluster,
-        credential,
+        certificate,
     }))
 }
 
-async fn cluster(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
-    identify(api.store.as_ref(), &headers).await?;
+async fn cluster(
+    State(api): State<Api>,
+    Extension(peer): Extension<Peer>,
+) -> ApiResult<Json<serde_json::Value>> {
+    identify(api.store.as_ref(), &peer).await?;
     let c = state::get_cluster(api.store.as_ref()).await?;
     Ok(Json(json!(c)))
 }
 
-async fn hosts(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
-    identify(api.store.as_ref(), &headers).await?;
+async fn hosts(
+    State(api): State<Api>,
+    Extension(peer): Extension<Peer>,
+) -> ApiResult<Json<serde_json::Value>> {
+    identify(api.store.as_ref(), &peer).await?;
     let (hosts, revision) = state::hosts(api.store.as_ref()).await?;
     Ok(Json(json!({ "revision": revision, "hosts": hosts })))
 }
 
 async fn containers(
     State(api): State<Api>,
-    headers: HeaderMap,
+    Extension(peer): Extension<Peer>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    identify(api.store.as_ref(), &headers).await?;
+    identify(api.store.as_ref(), &peer).await?;
     let (cs, revision) = state::containers(api.store.as_ref()).await?;
     Ok(Json(json!({ "revision": revision, "containers": cs })))
 }
 
 /// Each host's applied revision against the controller's.
-async fn status(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
-    identify(api.store.as_ref(), &headers).await?;
+async fn status(
+    State(api): State<Api>,
+    Extension(peer): Extension<Peer>,
+) -> ApiResult<Json<serde_json::Value>> {
+    identify(api.store.as_ref(), &peer).await?;
     let (hosts, _) = state::hosts(api.store.as_ref()).await?;
     let revision = api.store.revision().await?;
     let rows: Vec<_> = hosts
@@ -277,10 +345,10 @@ pub struct HeartbeatRequest {
 async fn heartbeat(
     State(api): State<Api>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Extension(peer): Extension<Peer>,
     Json(req): Json<HeartbeatRequest>,
 ) -> ApiResult<Json<model::Host>> {
-    let id = identify(api.store.as_ref(), &headers).await?;
+    let id = identify(api.store.as_ref(), &peer).await?;
     require_host(&id, &name)?;
     Ok(Json(
         state::heartbeat(api.store.as_ref(), &name, req.applied_revision).await?,
@@ -290,9 +358,9 @@ async fn heartbeat(
 async fn add_block(
     State(api): State<Api>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Extension(peer): Extension<Peer>,
 ) -> ApiResult<Json<model::Host>> {
-    let id = identify(api.store.as_ref(), &headers).await?;
+    let id = identify(api.store.as_ref(), &peer).await?;
     require_host(&id, &name)?;
     Ok(Json(state::add_block(api.store.as_ref(), &name).await?))
 }
@@ -311,10 +379,10 @@ pub struct PutContainer {
 async fn put_container(
     State(api): State<Api>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Extension(peer): Extension<Peer>,
     Json(req): Json<PutContainer>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let who = identify(api.store.as_ref(), &headers).await?;
+    let who = identify(api.store.as_ref(), &peer).await?;
     require_host(&who, &req.host)?;
     let c = Container {
         id,
@@ -329,9 +397,9 @@ async fn put_container(
 async fn delete_container(
     State(api): State<Api>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Extension(peer): Extension<Peer>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let who = identify(api.store.as_ref(), &headers).await?;
+    let who = identify(api.store.as_ref(), &peer).await?;
     let caller = match &who {
         Identity::Admin => None,
         Identity::Host(h) => Some(h.as_str()),
@@ -359,10 +427,10 @@ pub struct WatchLine {
 
 async fn watch(
     State(api): State<Api>,
-    headers: HeaderMap,
+    Extension(peer): Extension<Peer>,
     Query(q): Query<WatchQuery>,
 ) -> ApiResult<Response> {
-    identify(api.store.as_ref(), &headers).await?;
+    identify(api.store.as_ref(), &peer).await?;
     // Watch everything and filter: one store watch, in revision order, no gaps.
     let mut w = api.store.watch("/", q.from).await?;
     // The first item tells whether the history is there: a compaction is answered with

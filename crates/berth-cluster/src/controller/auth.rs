@@ -1,12 +1,14 @@
-//! Who is calling: the cluster admin (the CLI on the controller host), a host's agent, or
-//! nobody. A join token (made by `controller init`) lets an agent register; registering
-//! returns a credential bound to that host, and every later request of the agent carries
-//! it, so an agent can only act as its own host. Only SHA-256 digests of the token and
-//! of credentials are stored; comparisons are constant-time.
+//! Who is calling: the cluster admin, a host's agent, or nobody. Every connection is TLS
+//! with the cluster CA (see pki.rs); a client certificate is mapped to an identity by
+//! its SHA-256 fingerprint, recorded when the controller issued it:
 //!
-//! The transport under this is HTTP on the controller's listener; the identity
-//! abstraction ([`Identity`]) is what handlers check, so binding credentials to client
-//! certificates (mutual TLS, issue 5 item 5) changes only how an `Identity` is derived.
+//! - `/secrets/certs/<fingerprint>` → `admin` or `host:<name>`;
+//! - `/secrets/hosts/<name>` → the fingerprint of that host's current certificate, so a
+//!   re-join (agent restart, lost state) deletes the old mapping and the old
+//!   certificate stops working although it is validly signed.
+//!
+//! A join token (made by `controller init`) lets an agent without a certificate get one.
+//! Only its SHA-256 digest is stored; comparisons are constant-time.
 
 use std::fmt::Write;
 
@@ -26,11 +28,30 @@ pub enum Identity {
     Host(String),
 }
 
-/// What the controller keeps to check callers (never the secrets themselves).
+impl Identity {
+    /// The certificate's common name, and the value kept under its fingerprint.
+    pub fn record(&self) -> String {
+        match self {
+            Identity::Admin => "admin".into(),
+            Identity::Host(h) => format!("host:{h}"),
+        }
+    }
+
+    pub fn from_record(s: &str) -> Option<Identity> {
+        match s {
+            "admin" => Some(Identity::Admin),
+            _ => s
+                .strip_prefix("host:")
+                .filter(|h| !h.is_empty())
+                .map(|h| Identity::Host(h.to_string())),
+        }
+    }
+}
+
+/// What the controller keeps to check joining agents (never the token itself).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Secrets {
     pub join_token_sha256: String,
-    pub admin_token_sha256: String,
 }
 
 pub fn random_token() -> Result<String, AuthError> {
@@ -46,7 +67,7 @@ pub fn digest(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter()
         .fold(String::with_capacity(b.len() * 2), |mut s, x| {
             let _ = write!(s, "{x:02x}");
@@ -62,17 +83,6 @@ pub fn matches(secret: &str, stored_digest: &str) -> bool {
             .zip(stored_digest.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
-}
-
-/// A host credential: `<host>.<secret>`; the store keeps the digest of the whole string
-/// under the host's key.
-pub fn host_credential(host: &str) -> Result<String, AuthError> {
-    Ok(format!("{host}.{}", random_token()?))
-}
-
-/// The host a credential claims to be (checked against the stored digest by the caller).
-pub fn credential_host(cred: &str) -> Option<&str> {
-    cred.rsplit_once('.').map(|(h, _)| h)
 }
 
 #[cfg(test)]
@@ -92,9 +102,11 @@ mod tests {
     }
 
     #[test]
-    fn host_credentials_name_their_host() {
-        let c = host_credential("node-1.example").unwrap();
-        assert_eq!(credential_host(&c), Some("node-1.example"));
-        assert_eq!(credential_host("nodot"), None);
+    fn identities_round_trip_through_their_records() {
+        for id in [Identity::Admin, Identity::Host("node-1.example".into())] {
+            assert_eq!(Identity::from_record(&id.record()), Some(id));
+        }
+        assert_eq!(Identity::from_record("host:"), None);
+        assert_eq!(Identity::from_record("root"), None);
     }
 }

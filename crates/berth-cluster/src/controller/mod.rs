@@ -4,5 +4,6 @@
 
 pub mod api;
 pub mod auth;
+pub mod pki;
 pub mod serve;
 pub mod state;

@@ -1,4 +1,4 @@
-//! Running the controller: the API on a listener, and the sweep that marks hosts down
+//! Running the controller: the API over TLS on a listener, and the sweep that marks hosts down
 //! when their heartbeats stop (a third of the timeout apart, so a host is down at most
 //! 4/3 of the timeout after its last heartbeat).
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::api::{self, Api};
+use super::pki;
 use super::state;
 use crate::store::Store;
 
@@ -20,19 +21,72 @@ pub enum ServeError {
     },
 }
 
-/// Serves until the listener fails; the sweep runs alongside.
+/// The client certificate a connection presented (its fingerprint), if any: what
+/// handlers map to an identity.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub cert_fingerprint: Option<String>,
+}
+
+/// A TLS handshake that takes longer than this is dropped (a stalled or hostile client
+/// must not hold a task forever).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTPS until the listener fails; the sweep runs alongside.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
+    tls: Arc<rustls::ServerConfig>,
 ) -> Result<(), ServeError> {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
     let sweeper = tokio::spawn(sweep_loop(store.clone()));
-    let r = axum::serve(listener, api::router(Api { store })).await;
+    let app = api::router(Api { store });
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let r = loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            // Out of fds and the like: the next accept may succeed.
+            Err(e) if is_transient(&e) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(source) => break Err(ServeError::Serve { addr, source }),
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let peer = Peer {
+                cert_fingerprint: tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| pki::fingerprint(c)),
+            };
+            let svc =
+                hyper_util::service::TowerToHyperService::new(app.layer(axum::Extension(peer)));
+            // A connection's error (client gone) concerns that connection only.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+        });
+    };
     sweeper.abort();
-    r.map_err(|source| ServeError::Serve { addr, source })
+    r
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED)
+    )
 }
 
 async fn sweep_loop(store: Arc<dyn Store>) {
