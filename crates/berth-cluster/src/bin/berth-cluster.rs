@@ -5,7 +5,8 @@
 //! ```text
 //! berth controller init  --dir DIR [--store URL] [--cidr 10.244.0.0/16] [--block-prefix 24]
 //!                        [--vni 1] [--vxlan-port 4789] [--heartbeat-timeout-ms 10000]
-//! berth controller serve --dir DIR [--store URL] [--listen 127.0.0.1:7480]
+//! berth controller serve --dir DIR [--store URL] [--listen 127.0.0.1:7480] [--name N]
+//!                        [--leader-lease-ms 5000]
 //! berth cluster hosts|containers|status --controller URL [--token-file F] [--format table|json]
 //! ```
 
@@ -14,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use berth_cluster::controller::{api, auth, serve, state};
+use berth_cluster::controller::{api, auth, leader, serve, state};
 use berth_cluster::model::Cluster;
 use clap::{Parser, Subcommand};
 
@@ -109,6 +110,13 @@ enum ControllerCmd {
         store: Option<String>,
         #[arg(long, default_value = "127.0.0.1:7480")]
         listen: String,
+        /// How `cluster status` names this controller when it leads (default: the hostname).
+        #[arg(long)]
+        name: Option<String>,
+        /// Several controllers on etcd: a leader that stops is replaced within about this
+        /// (etcd rounds it up to whole seconds).
+        #[arg(long, default_value_t = leader::DEFAULT_LEASE.as_millis() as u64)]
+        leader_lease_ms: u64,
     },
 }
 
@@ -222,7 +230,13 @@ async fn run(cmd: Top) -> Result<()> {
             println!("join token: {}", dir.join("join.token").display());
             println!("admin token: {}", dir.join("admin.token").display());
         }
-        Top::Controller(ControllerCmd::Serve { dir, store, listen }) => {
+        Top::Controller(ControllerCmd::Serve {
+            dir,
+            store,
+            listen,
+            name,
+            leader_lease_ms,
+        }) => {
             let url = store_url(&dir, store);
             let s = berth_cluster::store::open(&url)
                 .await
@@ -232,7 +246,16 @@ async fn run(cmd: Top) -> Result<()> {
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             eprintln!("berth controller: serving on http://{}", l.local_addr()?);
-            serve::serve(l, s).await?;
+            let name = match name {
+                Some(n) => n,
+                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .context("reading the hostname (or give --name)")?
+                    .trim()
+                    .to_string(),
+            };
+            let mut config = leader::LeaderConfig::new(name);
+            config.lease = std::time::Duration::from_millis(leader_lease_ms);
+            serve::serve(l, s, config).await?;
         }
         Top::Cluster(c) => cluster(c).await?,
         Top::Agent(AgentCmd::Join {
@@ -370,6 +393,15 @@ async fn cluster(c: ClusterCmd) -> Result<()> {
         }
         ("table", ClusterCmd::Status(_)) => {
             println!("controller revision {}", v["revision"]);
+            match v["leader"].as_object() {
+                Some(l) => println!(
+                    "leader {} ({}) since revision {}",
+                    l["name"].as_str().unwrap_or(""),
+                    l["address"].as_str().unwrap_or(""),
+                    l["since_revision"]
+                ),
+                None => println!("leader none"),
+            }
             println!(
                 "{:<20}{:<6}{:>10}{:>8}",
                 "HOST", "STATE", "APPLIED", "BEHIND"

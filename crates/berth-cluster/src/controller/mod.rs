@@ -4,5 +4,6 @@
 
 pub mod api;
 pub mod auth;
+pub mod leader;
 pub mod serve;
 pub mod state;
