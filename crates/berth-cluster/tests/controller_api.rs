@@ -8,6 +8,7 @@ mod store_support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_cluster::controller::leader::LeaderConfig;
 use berth_cluster::controller::{api, serve, state};
 use berth_cluster::model::Cluster;
 use berth_cluster::store::Store;
@@ -56,7 +57,7 @@ async fn controller() -> Ctl {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let s = store.clone();
     let server = tokio::spawn(async move {
-        let _ = serve::serve(listener, s).await;
+        let _ = serve::serve(listener, s, LeaderConfig::new("test")).await;
     });
     Ctl {
         _h: h,
