@@ -8,6 +8,7 @@ mod store_support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_cluster::controller::leader::LeaderConfig;
 use berth_cluster::controller::{api, pki, serve, state};
 use berth_cluster::model::Cluster;
 use berth_cluster::store::Store;
@@ -67,7 +68,7 @@ async fn controller() -> Ctl {
     let base = format!("https://{}", listener.local_addr().unwrap());
     let s = store.clone();
     let server = tokio::spawn(async move {
-        let _ = serve::serve(listener, s, tls).await;
+        let _ = serve::serve(listener, s, tls, LeaderConfig::new("test")).await;
     });
     Ctl {
         _h: h,

@@ -6,6 +6,7 @@
 //! berth controller init  --dir DIR [--store URL] [--cidr 10.244.0.0/16] [--block-prefix 24]
 //!                        [--vni 1] [--vxlan-port 4789] [--heartbeat-timeout-ms 10000]
 //! berth controller serve --dir DIR [--store URL] [--listen 127.0.0.1:7480] [--san NAME]...
+//!                        [--name N] [--leader-lease-ms 5000]
 //! berth agent join --controller https://IP:PORT --ca-cert ca.crt --token-file F --underlay-ip IP
 //! berth cluster hosts|containers|status --controller URL --dir DIR [--format table|json]
 //! ```
@@ -21,7 +22,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use berth_cluster::controller::{api, auth, pki, serve, state};
+use berth_cluster::controller::{api, auth, leader, pki, serve, state};
 use berth_cluster::model::Cluster;
 use clap::{Parser, Subcommand};
 
@@ -124,6 +125,13 @@ enum ControllerCmd {
         /// address, 127.0.0.1, localhost and the hostname).
         #[arg(long)]
         san: Vec<String>,
+        /// How `cluster status` names this controller when it leads (default: the hostname).
+        #[arg(long)]
+        name: Option<String>,
+        /// Several controllers on etcd: a leader that stops is replaced within about this
+        /// (etcd rounds it up to whole seconds).
+        #[arg(long, default_value_t = leader::DEFAULT_LEASE.as_millis() as u64)]
+        leader_lease_ms: u64,
     },
 }
 
@@ -300,6 +308,8 @@ async fn run(cmd: Top) -> Result<()> {
             store,
             listen,
             san,
+            name,
+            leader_lease_ms,
         }) => {
             let url = store_url(&dir, store);
             let s = berth_cluster::store::open(&url)
@@ -312,7 +322,16 @@ async fn run(cmd: Top) -> Result<()> {
             let local = l.local_addr()?;
             let tls = serving_tls(s.as_ref(), local.ip(), san).await?;
             eprintln!("berth controller: serving on https://{local}");
-            serve::serve(l, s, tls).await?;
+            let name = match name {
+                Some(n) => n,
+                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .context("reading the hostname (or give --name)")?
+                    .trim()
+                    .to_string(),
+            };
+            let mut config = leader::LeaderConfig::new(name);
+            config.lease = std::time::Duration::from_millis(leader_lease_ms);
+            serve::serve(l, s, tls, config).await?;
         }
         Top::Cluster(c) => cluster(c).await?,
         Top::Agent(AgentCmd::Join {
@@ -466,6 +485,15 @@ async fn cluster(c: ClusterCmd) -> Result<()> {
         }
         ("table", ClusterCmd::Status(_)) => {
             println!("controller revision {}", v["revision"]);
+            match v["leader"].as_object() {
+                Some(l) => println!(
+                    "leader {} ({}) since revision {}",
+                    l["name"].as_str().unwrap_or(""),
+                    l["address"].as_str().unwrap_or(""),
+                    l["since_revision"]
+                ),
+                None => println!("leader none"),
+            }
             println!(
                 "{:<20}{:<6}{:>10}{:>8}",
                 "HOST", "STATE", "APPLIED", "BEHIND"

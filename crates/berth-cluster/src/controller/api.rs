@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::{self, Identity, Secrets};
+use super::leader;
 use super::pki::{self, CaMaterial};
 use super::serve::Peer;
 use super::state::{self, JoinInfo, StateError};
@@ -65,7 +66,9 @@ impl From<StateError> for ApiError {
             }
             StateError::UnknownHost(_) | StateError::UnknownContainer(_) => StatusCode::NOT_FOUND,
             StateError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            StateError::Stale { .. } | StateError::UnderlayChanged { .. } => StatusCode::CONFLICT,
+            StateError::Stale { .. }
+            | StateError::UnderlayChanged { .. }
+            | StateError::Deposed(_) => StatusCode::CONFLICT,
             StateError::NotInitialized => StatusCode::SERVICE_UNAVAILABLE,
             StateError::Store(StoreError::CompareFailed(_)) | StateError::Contended { .. } => {
                 StatusCode::CONFLICT
@@ -314,12 +317,15 @@ async fn containers(
     Ok(Json(json!({ "revision": revision, "containers": cs })))
 }
 
-/// Each host's applied revision against the controller's.
+/// Each host's applied revision against the controller's, and which controller leads.
 async fn status(
     State(api): State<Api>,
     Extension(peer): Extension<Peer>,
 ) -> ApiResult<Json<serde_json::Value>> {
     identify(api.store.as_ref(), &peer).await?;
+    let leader = leader::current(api.store.as_ref())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let (hosts, _) = state::hosts(api.store.as_ref()).await?;
     let revision = api.store.revision().await?;
     let rows: Vec<_> = hosts
@@ -334,7 +340,9 @@ async fn status(
             })
         })
         .collect();
-    Ok(Json(json!({ "revision": revision, "hosts": rows })))
+    Ok(Json(
+        json!({ "revision": revision, "leader": leader, "hosts": rows }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

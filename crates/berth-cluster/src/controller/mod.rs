@@ -1,9 +1,10 @@
-//! The cluster controller: the single writer of cluster state. `state` holds the
-//! operations (compare-and-swap transactions on the store); the HTTP API and TLS sit on
-//! top.
+//! The cluster controller. `state` holds the operations (compare-and-swap transactions
+//! on the store, safe from several controllers at once); the HTTP API and TLS sit on
+//! top; `leader` picks the one controller that runs single-writer work (the sweep).
 
 pub mod api;
 pub mod auth;
+pub mod leader;
 pub mod pki;
 pub mod serve;
 pub mod state;

@@ -131,6 +131,7 @@ fn leaf(cn: &str, role: &Role) -> Result<CertificateParams, PkiError> {
             for n in names.iter() {
                 let san = match n.parse::<IpAddr>() {
                     Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) if !is_dns_name(n) => return Err(PkiError::BadSan(n.clone())),
                     Err(_) => SanType::DnsName(
                         n.clone()
                             .try_into()
@@ -145,6 +146,15 @@ fn leaf(cn: &str, role: &Role) -> Result<CertificateParams, PkiError> {
         Role::Client => p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth],
     }
     Ok(p)
+}
+
+/// Letters, digits, '-', '_' and '.', as host names are; anything else is a typo.
+fn is_dns_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// A certificate and a fresh key made here (the controller's own, the admin's).

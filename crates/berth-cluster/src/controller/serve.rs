@@ -1,6 +1,7 @@
 //! Running the controller: the API over TLS on a listener, and the sweep that marks hosts down
 //! when their heartbeats stop (a third of the timeout apart, so a host is down at most
-//! 4/3 of the timeout after its last heartbeat).
+//! 4/3 of the timeout after its last heartbeat). The sweep runs only while this
+//! controller leads (see [`super::leader`]), its writes fenced by the leadership.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::api::{self, Api};
+use super::leader::{self, Candidate, LeaderConfig};
 use super::pki;
-use super::state;
+use super::state::{self, StateError};
 use crate::store::Store;
 
 #[derive(Debug, Error)]
@@ -32,20 +34,26 @@ pub struct Peer {
 /// must not hold a task forever).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves HTTPS until the listener fails; the sweep runs alongside.
+/// Serves HTTPS until the listener fails; the sweep runs alongside, while this
+/// controller leads.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
     tls: Arc<rustls::ServerConfig>,
+    leader: LeaderConfig,
 ) -> Result<(), ServeError> {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let sweeper = tokio::spawn(sweep_loop(store.clone()));
+    let _sweeper = AbortOnDrop(tokio::spawn(sweep_loop(
+        store.clone(),
+        leader.candidate(&addr),
+        leader.lease,
+    )));
     let app = api::router(Api { store });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let r = loop {
+    loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
             // Out of fds and the like: the next accept may succeed.
@@ -53,7 +61,7 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            Err(source) => break Err(ServeError::Serve { addr, source }),
+            Err(source) => return Err(ServeError::Serve { addr, source }),
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, app) = (acceptor.clone(), app.clone());
@@ -77,9 +85,7 @@ pub async fn serve(
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
                 .await;
         });
-    };
-    sweeper.abort();
-    r
+    }
 }
 
 fn is_transient(e: &std::io::Error) -> bool {
@@ -89,14 +95,47 @@ fn is_transient(e: &std::io::Error) -> bool {
     )
 }
 
-async fn sweep_loop(store: Arc<dyn Store>) {
+/// Stops the sweep also when `serve`'s future is dropped (an aborted task), which must
+/// end the leadership it holds.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Campaigns, sweeps while leading, and campaigns again once the leadership is lost.
+async fn sweep_loop(store: Arc<dyn Store>, me: Candidate, lease: Duration) {
     loop {
-        let period = match state::get_cluster(store.as_ref()).await {
-            Ok(c) => Duration::from_millis((c.heartbeat_timeout_ms / 3).max(100)),
-            Err(_) => Duration::from_secs(1),
+        let mut leadership = leader::lead(store.as_ref(), &me, lease).await;
+        eprintln!(
+            "berth controller {}: leading (fence {} at revision {})",
+            me.name,
+            leadership.fence().key,
+            leadership.fence().revision
+        );
+        let why = loop {
+            let period = match state::get_cluster(store.as_ref()).await {
+                Ok(c) => Duration::from_millis((c.heartbeat_timeout_ms / 3).max(100)),
+                Err(_) => Duration::from_secs(1),
+            };
+            tokio::select! {
+                why = leadership.lost() => break why,
+                () = tokio::time::sleep(period) => {}
+            }
+            let fence = leadership.fence().clone();
+            match state::sweep_fenced(store.as_ref(), state::now_ms(), Some(&fence)).await {
+                Ok(downed) => {
+                    for host in downed {
+                        eprintln!("berth controller {}: marked host {host} down", me.name);
+                    }
+                }
+                Err(e @ StateError::Deposed(_)) => break e.to_string(),
+                // A failed sweep (store unreachable) is retried next period.
+                Err(_) => {}
+            }
         };
-        tokio::time::sleep(period).await;
-        // A failed sweep (store unreachable) is retried next period.
-        let _ = state::sweep(store.as_ref(), state::now_ms()).await;
+        eprintln!("berth controller {}: lost leadership: {why}", me.name);
     }
 }

@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use thiserror::Error;
 
 use crate::model::{self, BlockOwner, Cluster, Container, Host, HostState, ModelError};
-use crate::store::{Condition, KeyValue, Revision, Store, StoreError, Txn};
+use crate::store::{Condition, Fence, KeyValue, Revision, Store, StoreError, Txn};
 
 /// Conflicting writers retry this often before giving up with an error.
 const CAS_RETRIES: usize = 16;
@@ -53,6 +53,11 @@ pub enum StateError {
     },
     #[error("{what}: still conflicting after {CAS_RETRIES} attempts")]
     Contended { what: String },
+    #[error(
+        "sweeping hosts: no longer the leader: the leader key {} is not at revision {}",
+        .0.key, .0.revision
+    )]
+    Deposed(Fence),
     #[error("container {id}: revision {expected} expected, it is at {actual}")]
     Stale {
         id: String,
@@ -261,6 +266,16 @@ pub async fn heartbeat(store: &dyn Store, name: &str, applied_revision: Revision
 /// returns their names. A host that heartbeats meanwhile wins (the CAS fails, and the
 /// next sweep sees it fresh).
 pub async fn sweep(store: &dyn Store, now: u64) -> Result<Vec<String>> {
+    sweep_fenced(store, now, None).await
+}
+
+/// [`sweep`] as the leader: each write also requires `fence` to hold, so once the
+/// leadership is gone nothing is written and [`StateError::Deposed`] says so.
+pub async fn sweep_fenced(
+    store: &dyn Store,
+    now: u64,
+    fence: Option<&Fence>,
+) -> Result<Vec<String>> {
     let cluster = get_cluster(store).await?;
     let r = store.range(model::HOSTS).await?;
     let mut downed = Vec::new();
@@ -270,16 +285,21 @@ pub async fn sweep(store: &dyn Store, now: u64) -> Result<Vec<String>> {
             && now.saturating_sub(host.last_heartbeat_ms) > cluster.heartbeat_timeout_ms
         {
             host.state = HostState::Down;
-            match store
-                .put(
-                    &kv.key,
-                    encode(&host),
-                    Condition::ModRevision(kv.mod_revision),
-                )
-                .await
-            {
+            let mut txn = Txn::new();
+            if let Some(f) = fence {
+                // First, so that a lost leadership is what a failure reports.
+                txn.compares.push(f.compare());
+            }
+            let txn = txn
+                .when(&kv.key, Condition::ModRevision(kv.mod_revision))
+                .put(&kv.key, encode(&host));
+            match store.txn(txn).await {
                 Ok(_) => downed.push(host.name),
-                Err(StoreError::CompareFailed(_)) => {}
+                Err(StoreError::CompareFailed(c)) => {
+                    if let Some(f) = fence.filter(|f| f.key == c.key) {
+                        return Err(StateError::Deposed(f.clone()));
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -22,16 +22,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 use std::{collections::HashMap, fmt};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, watch};
 
+use super::election::check_name;
 use super::txn::{check_key, check_prefix, check_txn, first_failed};
 use super::{
-    Event, EventKind, KeyValue, Op, Range, Result, Revision, Store, StoreError, Txn, TxnOutcome,
-    Watch,
+    election_prefix, Condition, Event, EventKind, Fence, KeyValue, Leadership, Op, Range, Result,
+    Revision, Store, StoreError, Txn, TxnOutcome, Watch,
 };
 
 /// key → (create_revision, mod_revision, version, value)
@@ -65,6 +67,14 @@ pub enum EmbeddedError {
         path: PathBuf,
         source: Box<redb::Error>,
     },
+    /// redb locks the file for the process that has it open: one controller per file.
+    #[error(
+        "store: open: {}: the store file is in use by another process (or another handle \
+         in this one); one controller serves one store file, several need etcd \
+         (--store etcd://host:port)",
+        path.display()
+    )]
+    InUse { path: PathBuf },
     #[error("store: {op}: {}: committed together with a write that failed: {reason}", path.display())]
     Batch {
         op: String,
@@ -108,6 +118,9 @@ struct Inner {
     pending: Mutex<Vec<Pending>>,
     /// Held by the thread committing a batch.
     committer: Mutex<()>,
+    /// One leadership per election at a time within this process (the file lock keeps
+    /// other processes out).
+    elections: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A queued write and where its outcome goes.
@@ -167,10 +180,13 @@ impl EmbeddedStore {
                 source,
             })?;
         }
-        let open_err = |e: redb::DatabaseError| EmbeddedError::Db {
-            op: "open".into(),
-            path: path.clone(),
-            source: Box::new(e.into()),
+        let open_err = |e: redb::DatabaseError| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => EmbeddedError::InUse { path: path.clone() },
+            e => EmbeddedError::Db {
+                op: "open".into(),
+                path: path.clone(),
+                source: Box::new(e.into()),
+            },
         };
         let db = Database::create(&path).map_err(open_err)?;
         let (head, _) = watch::channel(0);
@@ -181,6 +197,7 @@ impl EmbeddedStore {
             head,
             pending: Mutex::new(Vec::new()),
             committer: Mutex::new(()),
+            elections: Mutex::new(HashMap::new()),
         };
         let revision = inner.init()?;
         inner.head.send_replace(revision);
@@ -674,6 +691,18 @@ impl Store for EmbeddedStore {
         let store = Arc::downgrade(&self.inner);
         tokio::spawn(feed(store, head, prefix.to_string(), from, tx));
         Ok(watch)
+    }
+
+    async fn campaign(&self, election: &str, value: Vec<u8>, _ttl: Duration) -> Result<Leadership> {
+        check_name("campaign", election)?;
+        let slot = lock(&self.inner.elections)
+            .entry(election.to_string())
+            .or_default()
+            .clone();
+        let held = slot.lock_owned().await;
+        let key = format!("{}local", election_prefix(election));
+        let revision = self.put(&key, value, Condition::Any).await?;
+        Ok(Leadership::local(Fence { key, revision }, held))
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {

@@ -12,6 +12,9 @@
 //!   compaction exactly when ours does (`from` below the compact revision);
 //! - a watch response carrying `compact_revision` becomes [`StoreError::Compacted`].
 //!
+//! - `campaign` is a lease kept alive by a task plus etcd's election API (see
+//!   [`super::Leadership`]).
+//!
 //! Unary requests are bounded by [`REQUEST_TIMEOUT`]; watches stay open, with HTTP/2
 //! keep-alives so a dead connection ends the watch with an error instead of hanging.
 
@@ -24,18 +27,22 @@ use etcd_client::{
     Client, CompactionOptions, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions,
     EventType, GetOptions, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
+use super::election::{check_name, KeepAlive};
 use super::txn::{check_key, check_prefix, check_txn, first_failed};
 use super::{
-    Condition, Event, EventKind, KeyValue, Op, Range, Result, Revision, Store, StoreError, Txn,
-    TxnOutcome, Watch,
+    election_prefix, Condition, Event, EventKind, Fence, KeyValue, Leadership, Op, Range, Result,
+    Revision, Store, StoreError, Txn, TxnOutcome, Watch,
 };
 
 /// Bound on one unary request, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on revoking a lease on the way out; the TTL ends it anyway.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Keys per Range page: far below gRPC's 4 MiB default even with kilobyte values.
 const PAGE: i64 = 500;
 
@@ -187,6 +194,86 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    /// Campaigns with a granted lease, keeping it alive meanwhile; once elected, hands the
+    /// lease's keeping to a [`hold`] task.
+    async fn win(
+        &self,
+        op: &str,
+        election: &str,
+        value: Vec<u8>,
+        lease: i64,
+        ttl: Duration,
+        granted: Instant,
+    ) -> Result<Leadership> {
+        let (keeper, stream) = self
+            .call(op, |mut c| async move { c.lease_keep_alive(lease).await })
+            .await?;
+        let mut keep = KeepAlive::new(keeper, stream, ttl, granted);
+        // etcd's election name; candidates' keys are `<name>/<lease in hex>`.
+        let prefix = self.full_key(&election_prefix(election));
+        let name = prefix.trim_end_matches('/').to_string();
+        let mut elections = self.client.election_client();
+        let campaign = elections.campaign(name, value, lease);
+        tokio::pin!(campaign);
+        // Waits for every older candidate's key to go, which may take long: no timeout,
+        // but the lease must stay alive meanwhile.
+        let won = loop {
+            tokio::select! {
+                won = &mut campaign => break won.map_err(|e| request_error(op, e))?,
+                kept = keep.step() => {
+                    if let Err(why) = kept {
+                        return Err(unexpected(op, why));
+                    }
+                }
+            }
+        };
+        let leader = won
+            .leader()
+            .ok_or_else(|| unexpected(op, "etcd elected us without a leader key"))?;
+        let key = leader
+            .key()
+            .strip_prefix(self.prefix.as_bytes())
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .ok_or_else(|| unexpected(op, "the leader key is not under our prefix"))?
+            .to_string();
+        // etcd's campaign ends once the older keys are gone, even if ours went with an
+        // expired lease meanwhile: lead only with our key still in place.
+        let kv = match self.get(&key).await? {
+            Some(kv) if kv.create_revision == rev(leader.rev()) => kv,
+            _ => {
+                return Err(unexpected(
+                    op,
+                    "our candidate key expired before we were elected",
+                ))
+            }
+        };
+        let full = self.full_key(&key);
+        let options = WatchOptions::new().with_start_revision(etcd_rev(kv.mod_revision + 1));
+        let key_watch = self
+            .call(
+                op,
+                |mut c| async move { c.watch(full, Some(options)).await },
+            )
+            .await?;
+        let (lost_tx, lost) = watch::channel(None);
+        let (resign, resigned) = oneshot::channel();
+        let keeper = tokio::spawn(hold(
+            self.client.clone(),
+            lease,
+            keep,
+            key_watch,
+            resigned,
+            lost_tx,
+        ));
+        let fence = Fence {
+            key,
+            revision: kv.mod_revision,
+        };
+        Ok(Leadership::kept(fence, lost, keeper, resign))
+    }
+}
+
 fn to_kv(store_prefix: &str, kv: &etcd_client::KeyValue, op: &str) -> Result<KeyValue> {
     let key = kv
         .key()
@@ -275,6 +362,56 @@ async fn relay(
             }
         }
     }
+}
+
+/// Revokes a lease, best effort: a candidate key left behind would hold up the next
+/// election until its TTL ran out.
+async fn revoke(client: &Client, lease: i64) {
+    let mut c = client.clone();
+    let _ = tokio::time::timeout(REVOKE_TIMEOUT, c.lease_revoke(lease)).await;
+}
+
+/// Holds a won election: keeps the lease alive and watches the leader key, until either
+/// fails (reported on `lost`) or the holder resigns.
+async fn hold(
+    client: Client,
+    lease: i64,
+    mut keep: KeepAlive,
+    mut key_watch: WatchStream,
+    mut resign: oneshot::Receiver<()>,
+    lost: watch::Sender<Option<String>>,
+) {
+    let why = loop {
+        tokio::select! {
+            r = &mut resign => {
+                // Err: the Leadership was dropped, which aborts this task anyway.
+                if r.is_ok() {
+                    revoke(&client, lease).await;
+                    let _ = lost.send(Some("resigned".into()));
+                }
+                return;
+            }
+            kept = keep.step() => {
+                if let Err(why) = kept {
+                    break why;
+                }
+            }
+            m = key_watch.message() => match m {
+                Ok(Some(r)) if r.canceled() => {
+                    break format!("etcd canceled the watch on the leader key: {}", r.cancel_reason());
+                }
+                Ok(Some(r)) => {
+                    if r.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                        break "the leader key was deleted".into();
+                    }
+                }
+                Ok(None) => break "etcd ended the watch on the leader key".into(),
+                Err(e) => break format!("watching the leader key: {e}"),
+            },
+        }
+    };
+    let _ = lost.send(Some(why));
+    revoke(&client, lease).await;
 }
 
 #[async_trait]
@@ -432,6 +569,29 @@ impl Store for EtcdStore {
             tx,
         ));
         Ok(watch)
+    }
+
+    async fn campaign(&self, election: &str, value: Vec<u8>, ttl: Duration) -> Result<Leadership> {
+        check_name("campaign", election)?;
+        let op = format!("campaign in election {election}");
+        let seconds = i64::try_from(ttl.as_millis().div_ceil(1000))
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let asked = Instant::now();
+        let grant = self
+            .call(
+                &op,
+                |mut c| async move { c.lease_grant(seconds, None).await },
+            )
+            .await?;
+        let lease = grant.id();
+        // etcd may raise the TTL to its minimum; the granted one is what counts.
+        let ttl = Duration::from_secs(grant.ttl().unsigned_abs());
+        let result = self.win(&op, election, value, lease, ttl, asked).await;
+        if result.is_err() {
+            revoke(&self.client, lease).await;
+        }
+        result
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {

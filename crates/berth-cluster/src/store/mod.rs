@@ -19,6 +19,7 @@
 //! Keys are strings starting with `/` (`/hosts/node1`); values are opaque bytes (the
 //! controller stores JSON). A prefix is either empty (everything) or starts with `/`.
 
+mod election;
 mod embedded;
 mod error;
 mod etcd;
@@ -26,10 +27,12 @@ mod txn;
 mod url;
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+pub use election::{election_prefix, Fence, Leadership, ELECTIONS};
 pub use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedStore};
 pub use error::{CompareFailed, StoreError};
 pub use etcd::{EtcdError, EtcdStore};
@@ -269,6 +272,21 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// then fail with [`StoreError::Compacted`]. Current keys are untouched. Compacting to
     /// a revision already compacted is a no-op; to a future one, an error.
     async fn compact(&self, revision: Revision) -> Result<()>;
+
+    /// Campaigns in `election` with `value` (what [`Store::leader`] shows of the leader)
+    /// and returns once this caller leads; see [`Leadership`]. `ttl` is how long a leader
+    /// that stopped (crash, partition) still holds the election: etcd rounds it up to
+    /// whole seconds and to its own minimum; the embedded store, with one process per
+    /// file, has no use for it. A candidate that gives up drops the future.
+    async fn campaign(&self, election: &str, value: Vec<u8>, ttl: Duration) -> Result<Leadership>;
+
+    /// The leader of `election` now, as its key with the value it campaigned with: the
+    /// candidate with the lowest create revision (etcd's election order).
+    async fn leader(&self, election: &str) -> Result<Option<KeyValue>> {
+        election::check_name("leader", election)?;
+        let r = self.range(&election_prefix(election)).await?;
+        Ok(r.kvs.into_iter().min_by_key(|kv| kv.create_revision))
+    }
 
     /// Writes `key` if `cond` holds; returns the write's revision.
     async fn put(&self, key: &str, value: Vec<u8>, cond: Condition) -> Result<Revision> {

@@ -139,8 +139,15 @@ impl EtcdServer {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    fn url(&self) -> String {
+    /// The `--store` URL of this etcd.
+    pub fn url(&self) -> String {
         format!("etcd://127.0.0.1:{}/berth-test", self.client_port)
+    }
+
+    /// The endpoint for a raw etcd client.
+    #[allow(dead_code)] // not every suite that shares this module uses it
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
     }
 
     pub async fn connect(&self) -> Arc<dyn Store> {
