@@ -282,6 +282,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
 
     let mut hosts: BTreeMap<String, Host> = BTreeMap::new();
+    let mut listed_once = false;
     let mut backoff = Duration::from_millis(100);
     loop {
         // List, reconcile, watch from the listing's revision.
@@ -292,9 +293,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("berth agent: listing hosts: {e}; keeping the current map");
-                // Level-triggered even while the controller is away: repair drift.
-                if let Err(e) = reconcile(&overlay, &hosts).await {
-                    eprintln!("berth agent: reconcile: {e}");
+                // Level-triggered even while the controller is away: repair drift. Not
+                // before a first listing, though: an empty map would withdraw what a
+                // previous run of this agent programmed.
+                if listed_once {
+                    if let Err(e) = reconcile(&overlay, &hosts).await {
+                        eprintln!("berth agent: reconcile: {e}");
+                    }
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -302,6 +307,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
         };
         backoff = Duration::from_millis(100);
+        listed_once = true;
         let revision = listed["revision"].as_u64().unwrap_or(0);
         hosts = serde_json::from_value::<Vec<Host>>(listed["hosts"].clone())
             .unwrap_or_default()

@@ -152,8 +152,7 @@ fn leaf(cn: &str, role: &Role) -> Result<CertificateParams, PkiError> {
 fn is_dns_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 253
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
