@@ -107,9 +107,9 @@ impl Client {
 }
 
 fn remote(h: &Host) -> Result<Option<RemoteHost>> {
-    let Some(block) = h.blocks.first() else {
+    if h.blocks.is_empty() {
         return Ok(None);
-    };
+    }
     let mac = crate::model::parse_mac(&h.vtep_mac).map_err(|_| AgentError::BadMac {
         host: h.name.clone(),
         mac: h.vtep_mac.clone(),
@@ -118,7 +118,7 @@ fn remote(h: &Host) -> Result<Option<RemoteHost>> {
         name: h.name.clone(),
         underlay_ip: h.underlay_ip,
         vtep_mac: mac,
-        block: *block,
+        blocks: h.blocks.clone(),
         up: h.state == HostState::Up,
     }))
 }
