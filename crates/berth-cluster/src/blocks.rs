@@ -107,9 +107,17 @@ pub fn record(host_file: &Path, networks_dir: &Path, h: &ClusterHost) -> Result<
         blocks: blocks_text(&h.blocks),
         source,
     };
-    let nets = berth_net::Networks::open(networks_dir)
-        .map_err(|e| net_err(berth_engine::network::NetError::from(e)))?;
-    berth_engine::network::sync_cluster_network(&nets, h).map_err(net_err)?;
+    let from_net = |e: berth_net::Error| net_err(berth_engine::network::NetError::from(e));
+    let nets = berth_net::Networks::open(networks_dir).map_err(from_net)?;
+    let Some(net) = berth_engine::network::sync_cluster_network(&nets, h).map_err(net_err)? else {
+        return Ok(());
+    };
+    // Again even when nothing was added: an earlier attempt may have stored the range but
+    // failed before its gateway reached the bridge. Idempotent, and rare (start, growth).
+    let bridge = berth_net::link::exists(&net.bridge).map_err(|e| from_net(e.into()))?;
+    if bridge {
+        berth_net::setup_network(&net).map_err(from_net)?;
+    }
     Ok(())
 }
 
