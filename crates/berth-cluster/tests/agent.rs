@@ -13,6 +13,16 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth-cluster");
 
+/// The tests of this file one at a time: each starts a controller, agents and
+/// containers, and the first one's single-shot pings after a fixed pause fail on this
+/// 2-core machine when the other runs beside it.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one can still run.
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Topology {
     /// (namespace, engine root): containers removed before the namespaces go.
     engines: Vec<(String, PathBuf)>,
@@ -207,6 +217,7 @@ fn admin_get(t: &Topology, ctl_dir: &Path, path: &str) -> serde_json::Value {
 
 #[test]
 fn agents_program_the_overlay_and_follow_hosts_down_and_up() {
+    let _serial = serial();
     let Some(mut t) = Topology::new("ba") else {
         return;
     };
@@ -575,6 +586,7 @@ fn run_on_cluster(t: &Topology, h: &str, root: &Path, name: &str) -> String {
 
 #[test]
 fn a_filling_host_gets_a_second_block_and_its_containers_there_are_reached() {
+    let _serial = serial();
     let Some(mut t) = Topology::new("bg") else {
         return;
     };
