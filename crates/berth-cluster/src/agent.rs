@@ -42,11 +42,8 @@ pub enum AgentError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Pki(#[from] crate::controller::pki::PkiError),
-    #[error("writing the cluster host file {path}: {source}")]
-    HostFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Blocks(#[from] crate::blocks::BlocksError),
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
@@ -66,7 +63,7 @@ pub struct AgentConfig {
     /// Full reconcile period, whatever the watch says.
     pub resync: Duration,
     pub tx_checksum: TxChecksum,
-    /// Where to record this host's block for `berth run --network cluster`.
+    /// Where to record this host's blocks for `berth run --network cluster`.
     pub host_file: PathBuf,
     /// The engine whose cluster-network containers this agent reports (its --root and
     /// --runroot).
@@ -119,9 +116,9 @@ impl Client {
 }
 
 fn remote(h: &Host) -> Result<Option<RemoteHost>> {
-    let Some(block) = h.blocks.first() else {
+    if h.blocks.is_empty() {
         return Ok(None);
-    };
+    }
     let mac = crate::model::parse_mac(&h.vtep_mac).map_err(|_| AgentError::BadMac {
         host: h.name.clone(),
         mac: h.vtep_mac.clone(),
@@ -130,7 +127,7 @@ fn remote(h: &Host) -> Result<Option<RemoteHost>> {
         name: h.name.clone(),
         underlay_ip: h.underlay_ip,
         vtep_mac: mac,
-        block: *block,
+        blocks: h.blocks.clone(),
         up: h.state == HostState::Up,
     }))
 }
@@ -216,8 +213,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .map_err(|e| AgentError::Task(e.to_string()))??;
     let overlay = Arc::new(Mutex::new(started.0));
     eprintln!(
-        "berth agent: host {} joined with block {block}, device {}",
-        cfg.name, cfg.device
+        "berth agent: host {} joined with blocks {}, device {}",
+        cfg.name,
+        crate::blocks::blocks_text(&joined.host.blocks),
+        cfg.device
     );
     let client = Client {
         base,
@@ -231,15 +230,27 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .lock()
         .map(|o| o.vtep().mtu)
         .map_err(|_| AgentError::Task("overlay lock poisoned".into()))?;
-    write_host_file(
-        &cfg.host_file,
-        &berth_engine::network::ClusterHost {
-            name: cfg.name.clone(),
-            block,
-            cidr: joined.cluster.cidr,
-            mtu,
-        },
-    )?;
+    // Every block the host has (a re-joined host keeps those it had), for the engine.
+    let host = berth_engine::network::ClusterHost {
+        name: cfg.name.clone(),
+        blocks: joined.host.blocks.clone(),
+        cidr: joined.cluster.cidr,
+        mtu,
+    };
+    {
+        let (cfg, host) = (cfg.clone(), host.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::blocks::record(&cfg.host_file, &networks_dir(&cfg), &host)
+        })
+        .await
+        .map_err(|e| AgentError::Task(e.to_string()))??;
+    }
+
+    // More blocks before these fill.
+    {
+        let (client, cfg) = (client.clone(), cfg.clone());
+        tokio::spawn(async move { grow_blocks(&client, &cfg, host).await });
+    }
 
     // Local containers on the cluster network, reported to the controller.
     {
@@ -378,17 +389,100 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
 }
 
-fn write_host_file(path: &std::path::Path, h: &berth_engine::network::ClusterHost) -> Result<()> {
-    let io = |source| AgentError::HostFile {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+fn networks_dir(cfg: &AgentConfig) -> PathBuf {
+    berth_engine::paths::Paths::new(&cfg.engine_root, &cfg.engine_runroot).networks()
+}
+
+/// Asks the controller for another block whenever this host's run low, and records each
+/// one for the engine (see [`crate::blocks`]). Runs forever: failures (the cluster's
+/// space exhausted, the controller away) are logged and retried with backoff, and
+/// nothing local changes until a block is granted.
+async fn grow_blocks(
+    client: &Client,
+    cfg: &AgentConfig,
+    mut host: berth_engine::network::ClusterHost,
+) {
+    let mut recorded = host.blocks.clone();
+    let mut wait = cfg.report_every;
+    loop {
+        tokio::time::sleep(wait).await;
+        match grow_once(client, cfg, &mut host, &mut recorded).await {
+            Ok(()) => wait = cfg.report_every,
+            Err(e) => {
+                wait = (wait * 2).clamp(Duration::from_millis(200), Duration::from_secs(30));
+                eprintln!(
+                    "berth agent: growing the address blocks of host {} ({}): {e}; retrying in {wait:?}",
+                    cfg.name,
+                    crate::blocks::blocks_text(&host.blocks)
+                );
+            }
+        }
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(h).unwrap_or_default()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+}
+
+async fn grow_once(
+    client: &Client,
+    cfg: &AgentConfig,
+    host: &mut berth_engine::network::ClusterHost,
+    recorded: &mut Vec<ipnet::Ipv4Net>,
+) -> Result<()> {
+    let blocking = |e: tokio::task::JoinError| AgentError::Task(e.to_string());
+    if *recorded != host.blocks {
+        // Granted, but recording failed last time.
+        let (cfg, h) = (cfg.clone(), host.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::blocks::record(&cfg.host_file, &networks_dir(&cfg), &h)
+        })
+        .await
+        .map_err(blocking)??;
+        recorded.clone_from(&host.blocks);
+    }
+    let dir = networks_dir(cfg);
+    let in_use = tokio::task::spawn_blocking(move || crate::blocks::addresses_in_use(&dir))
+        .await
+        .map_err(blocking)??;
+    if !crate::blocks::needs_block(&host.blocks, &in_use) {
+        return Ok(());
+    }
+    let (free, before) = (
+        crate::blocks::free(&host.blocks, &in_use),
+        crate::blocks::blocks_text(&host.blocks),
+    );
+    // A block granted earlier whose answer was lost is in the host's record: adopt it
+    // rather than take one more.
+    let listed: serde_json::Value = client
+        .call(reqwest::Method::GET, "/v1/hosts", None, None)
+        .await?;
+    let known = serde_json::from_value::<Vec<Host>>(listed["hosts"].clone())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|h| h.name == cfg.name)
+        .map(|h| h.blocks)
+        .unwrap_or_default();
+    host.blocks = if known.len() > host.blocks.len() {
+        known
+    } else {
+        let granted: Host = client
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/hosts/{}/blocks", cfg.name),
+                None,
+                None,
+            )
+            .await?;
+        granted.blocks
+    };
+    eprintln!(
+        "berth agent: host {} had {free} addresses free in {before}; its blocks are now {}",
+        cfg.name,
+        crate::blocks::blocks_text(&host.blocks)
+    );
+    let (c, h) = (cfg.clone(), host.clone());
+    tokio::task::spawn_blocking(move || crate::blocks::record(&c.host_file, &networks_dir(&c), &h))
+        .await
+        .map_err(blocking)??;
+    recorded.clone_from(&host.blocks);
+    Ok(())
 }
 
 /// This host's containers on the engine's cluster network: id → (address, name).

@@ -13,6 +13,16 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth-cluster");
 
+/// The tests of this file one at a time: each starts a controller, agents and
+/// containers, and the first one's single-shot pings after a fixed pause fail on this
+/// 2-core machine when the other runs beside it.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one can still run.
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Topology {
     /// (namespace, engine root): containers removed before the namespaces go.
     engines: Vec<(String, PathBuf)>,
@@ -33,7 +43,9 @@ fn sh(cmd: &str) {
 }
 
 impl Topology {
-    fn new() -> Option<Topology> {
+    /// `prefix`: two letters no other test of this file uses, so tests running at once
+    /// (same pid) get namespaces of their own.
+    fn new(prefix: &str) -> Option<Topology> {
         if !nix::unistd::Uid::effective().is_root() {
             eprintln!("skipping: needs root");
             return None;
@@ -45,7 +57,7 @@ impl Topology {
         let pid = std::process::id();
         let t = Topology {
             engines: Vec::new(),
-            tag: format!("ba{:x}{n}", pid % 0xfffff),
+            tag: format!("{prefix}{:x}{n}", pid % 0xfffff),
             namespaces: Vec::new(),
             procs: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
@@ -252,7 +264,14 @@ enum Backend {
 }
 
 fn e2e(backend: Backend) {
-    let Some(mut t) = Topology::new() else { return };
+    let _serial = serial();
+    let prefix = match backend {
+        Backend::Embedded => "ba",
+        Backend::Etcd => "be",
+    };
+    let Some(mut t) = Topology::new(prefix) else {
+        return;
+    };
     t.build(&["ctl", "h1", "h2", "h3"]);
     let ctl_dir: PathBuf = t.dir().join("ctl");
     let ctl = ctl_dir.to_str().unwrap().to_string();
@@ -577,6 +596,292 @@ fn e2e(backend: Backend) {
             })
         }),
         "hosts not all up after the controller restart"
+    );
+}
+
+/// Starts the agent of host `h` (the `i`-th, 0-based, after the controller) with its
+/// engine root under the test directory; returns that root.
+/// Starts `h`'s agent against `controller`, with the CA and join token `controller
+/// init` wrote into `ctl_dir`.
+fn join_agent(t: &mut Topology, h: &str, i: u8, controller: &str, ctl_dir: &Path) -> PathBuf {
+    let token = ctl_dir.join("join.token").display().to_string();
+    let ca = ctl_dir.join("ca.crt").display().to_string();
+    let ip = t.addr(i + 2);
+    let root = t.dir().join(format!("engine-{h}"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (hf, er, err) = (
+        root.join("host.json").display().to_string(),
+        root.join("lib").display().to_string(),
+        root.join("run").display().to_string(),
+    );
+    let args = [
+        "agent",
+        "join",
+        "--controller",
+        controller,
+        "--ca-cert",
+        &ca,
+        "--token-file",
+        &token,
+        "--underlay-ip",
+        &ip,
+        "--name",
+        h,
+        "--heartbeat-ms",
+        "300",
+        "--report-ms",
+        "100",
+        "--host-file",
+        &hf,
+        "--engine-root",
+        &er,
+        "--engine-runroot",
+        &err,
+    ];
+    t.spawn(h, &args, &format!("{h}.log"));
+    t.engines.push((h.to_string(), root.clone()));
+    root
+}
+
+/// `berth run -d --network cluster` of a sleeping busybox named `name`; returns its
+/// cluster address.
+fn run_on_cluster(t: &Topology, h: &str, root: &Path, name: &str) -> String {
+    let o = t.berth(
+        h,
+        root,
+        &[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "cluster",
+            "--dns",
+            "127.0.0.1",
+            "busybox:c",
+            "sleep",
+            "120",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "run {name} on {h}: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        t.log(&format!("{h}.log"))
+    );
+    let o = t.berth(
+        h,
+        root,
+        &["exec", name, "ip", "-4", "-o", "addr", "show", "eth0"],
+    );
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    text.split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no address for {name}: {text}"))
+        .to_string()
+}
+
+#[test]
+fn a_filling_host_gets_a_second_block_and_its_containers_there_are_reached() {
+    let _serial = serial();
+    let Some(mut t) = Topology::new("bg") else {
+        return;
+    };
+    t.build(&["ctl", "h1", "h2"]);
+    let ctl_dir: PathBuf = t.dir().join("ctl");
+    let ctl = ctl_dir.to_str().unwrap().to_string();
+    // /29 blocks: 5 container addresses each, so the fourth container leaves one free,
+    // under a quarter of a block, and h1 should ask for another. The /27 holds four
+    // blocks: h1's, h2's and two more for h1, then the space is exhausted.
+    let o = Command::new(BIN)
+        .args([
+            "controller",
+            "init",
+            "--dir",
+            &ctl,
+            "--cidr",
+            "10.244.0.0/27",
+        ])
+        .args(["--block-prefix", "29", "--heartbeat-timeout-ms", "5000"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listen = format!("{}:7480", t.addr(1));
+    t.spawn(
+        "ctl",
+        &["controller", "serve", "--dir", &ctl, "--listen", &listen],
+        "ctl.log",
+    );
+    let controller = format!("https://{listen}");
+    let root1 = join_agent(&mut t, "h1", 0, &controller, &ctl_dir);
+    let root2 = join_agent(&mut t, "h2", 1, &controller, &ctl_dir);
+    let host_blocks = |root: &Path| -> Vec<String> {
+        std::fs::read(root.join("host.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v["blocks"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|b| b.as_str().map(String::from))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            host_blocks(&root1).len() == 1 && host_blocks(&root2).len() == 1
+        }),
+        "hosts did not join: {}\n{}",
+        t.log("ctl.log"),
+        t.log("h1.log")
+    );
+    let image = busybox_tar(t.dir());
+    for (h, root) in [("h1", &root1), ("h2", &root2)] {
+        let o = t.berth(h, root, &["import", image.to_str().unwrap(), "busybox:c"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let peer = run_on_cluster(&t, "h2", &root2, "peer");
+
+    let first: ipnet::Ipv4Net = host_blocks(&root1)[0].parse().unwrap();
+    for i in 0..4 {
+        let a = run_on_cluster(&t, "h1", &root1, &format!("c{i}"));
+        assert!(
+            first.contains(&a.parse::<std::net::Ipv4Addr>().unwrap()),
+            "c{i} at {a}"
+        );
+    }
+    // One address left of five: the agent asks for a block before the host is full.
+    assert!(
+        eventually(Duration::from_secs(20), || host_blocks(&root1).len() == 2),
+        "h1 got no second block: {}",
+        t.log("h1.log")
+    );
+    let blocks = host_blocks(&root1);
+    assert_eq!(blocks[0], first.to_string(), "the first block stays first");
+    let second: ipnet::Ipv4Net = blocks[1].parse().unwrap();
+    // The controller's record says the same.
+    let hosts = admin_get(&t, &ctl_dir, "hosts");
+    let h1 = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "h1")
+        .unwrap();
+    assert_eq!(h1["blocks"], serde_json::json!(blocks), "{hosts}");
+    // The last address of the first block, then the second block.
+    let a4 = run_on_cluster(&t, "h1", &root1, "c4");
+    assert!(
+        first.contains(&a4.parse::<std::net::Ipv4Addr>().unwrap()),
+        "c4 at {a4}"
+    );
+    let a5 = run_on_cluster(&t, "h1", &root1, "c5");
+    assert!(
+        second.contains(&a5.parse::<std::net::Ipv4Addr>().unwrap()),
+        "c5 at {a5}"
+    );
+    // The bridge has a gateway in each block; c5's default route is its block's.
+    let br = Command::new("ip")
+        .args(["-n", &t.ns("h1"), "-4", "-o", "addr", "show", "berth-cl0"])
+        .output()
+        .unwrap();
+    let br = String::from_utf8_lossy(&br.stdout).to_string();
+    let gw = |b: ipnet::Ipv4Net| std::net::Ipv4Addr::from(u32::from(b.network()) + 1);
+    for b in [first, second] {
+        assert!(br.contains(&format!("{}/29", gw(b))), "{br}");
+    }
+    let o = t.berth("h1", &root1, &["exec", "c5", "ip", "-4", "route"]);
+    let routes = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        routes.contains(&format!("default via {}", gw(second))),
+        "{routes}"
+    );
+    // From the other host, over the overlay, to the address in the second block.
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            t.berth("h2", &root2, &["exec", "peer", "ping", "-c1", "-W1", &a5])
+                .status
+                .success()
+        }),
+        "peer on h2 can't reach c5 at {a5} in h1's second block: {}\n{}",
+        t.log("h1.log"),
+        t.log("h2.log")
+    );
+    // And from the second block back, unNATed.
+    let o = t.berth("h1", &root1, &["exec", "c5", "ping", "-c1", "-W2", &peer]);
+    assert!(o.status.success(), "c5 can't reach peer at {peer}");
+    // The first block still works too.
+    let o = t.berth("h2", &root2, &["exec", "peer", "ping", "-c1", "-W2", &a4]);
+    assert!(o.status.success(), "peer can't reach c4 at {a4}");
+
+    // Filling the second block brings the third, the last of the space.
+    for i in 6..9 {
+        run_on_cluster(&t, "h1", &root1, &format!("c{i}"));
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || host_blocks(&root1).len() == 3),
+        "h1 got no third block: {}",
+        t.log("h1.log")
+    );
+    // Filling that: the controller has no block left; the agent says so and keeps
+    // trying, and the host's blocks stay as they are.
+    for i in 9..14 {
+        run_on_cluster(&t, "h1", &root1, &format!("c{i}"));
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || t
+            .log("h1.log")
+            .contains("10.244.0.0/27 is exhausted")),
+        "no exhaustion logged: {}",
+        t.log("h1.log")
+    );
+    let last = run_on_cluster(&t, "h1", &root1, "c14");
+    let blocks = host_blocks(&root1);
+    assert_eq!(blocks.len(), 3, "{blocks:?}");
+    let third: ipnet::Ipv4Net = blocks[2].parse().unwrap();
+    assert!(third.contains(&last.parse::<std::net::Ipv4Addr>().unwrap()));
+    let o = t.berth(
+        "h1",
+        &root1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "c15",
+            "--network",
+            "cluster",
+            "busybox:c",
+            "sleep",
+            "120",
+        ],
+    );
+    let e = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success());
+    assert!(
+        e.contains(&format!(
+            "allocating a cluster address on host h1: its blocks {} are full",
+            blocks.join(", ")
+        )),
+        "{e}"
+    );
+    let hosts = admin_get(&t, &ctl_dir, "hosts");
+    let h1 = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "h1")
+        .unwrap();
+    assert_eq!(h1["blocks"], serde_json::json!(blocks), "{hosts}");
+    // Still serving: the last container is reached from the other host.
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            t.berth("h2", &root2, &["exec", "peer", "ping", "-c1", "-W1", &last])
+                .status
+                .success()
+        }),
+        "peer can't reach {last} in h1's third block"
     );
 }
 

@@ -128,6 +128,8 @@ struct Host {
     ns: Netns,
     underlay_ip: Ipv4Addr,
     block: Ipv4Net,
+    /// Blocks the host got after its first (see [`Host::add_block`]).
+    more_blocks: Vec<Ipv4Net>,
     config: OverlayConfig,
 }
 
@@ -140,7 +142,9 @@ impl Host {
             name: self.name.clone(),
             underlay_ip: self.underlay_ip,
             vtep_mac: vtep_mac(self.underlay_ip),
-            block: self.block,
+            blocks: std::iter::once(self.block)
+                .chain(self.more_blocks.iter().copied())
+                .collect(),
             up: true,
         }
     }
@@ -181,6 +185,34 @@ impl Host {
             ns.ip(&["route", "add", "default", "via", &gw.to_string()]);
             self.containers.push(Container { ns, ip });
         }
+    }
+}
+
+impl Host {
+    /// Gives the host another block, as a cluster network does when its first fills:
+    /// the bridge gets the block's `.1` too, and one container in the block (its gateway
+    /// that `.1`) is added; returns that container's index.
+    fn add_block(&mut self, block: Ipv4Net, mtu: u32, prefix: &str) -> usize {
+        let mtu = mtu.to_string();
+        let gw = Ipv4Addr::from(u32::from(block.network()) + 1);
+        let plen = block.prefix_len();
+        self.ns
+            .ip(&["addr", "add", &format!("{gw}/{plen}"), "dev", BRIDGE]);
+        let j = self.containers.len();
+        let ip = Ipv4Addr::from(u32::from(block.network()) + 10);
+        let ns = Netns::new(format!("{prefix}c{j}"));
+        let veth = format!("c{j}");
+        self.ns.ip(&[
+            "link", "add", &veth, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu,
+            "netns", &ns.name,
+        ]);
+        self.ns.ip(&["link", "set", &veth, "master", BRIDGE, "up"]);
+        ns.ip(&["addr", "add", &format!("{ip}/{plen}"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", &gw.to_string()]);
+        self.containers.push(Container { ns, ip });
+        self.more_blocks.push(block);
+        j
     }
 }
 
@@ -251,6 +283,7 @@ impl Cluster {
             ns,
             underlay_ip,
             block,
+            more_blocks: Vec::new(),
             config,
         });
         self.hosts.len() - 1
@@ -699,6 +732,51 @@ fn a_host_marked_down_is_withdrawn_everywhere_and_restored_when_up() {
     assert_eq!(b.reconcile(ob, &map), 4);
     assert!(reaches(&a.containers[0].ns, h3.containers[0].ip));
     assert!(reaches(&h3.containers[0].ns, b.containers[0].ip));
+}
+
+#[test]
+fn a_host_with_two_blocks_is_reachable_on_both_and_a_new_block_is_one_route() {
+    if !is_root() {
+        return;
+    }
+    let (mut c, mut overlays) = Cluster::build(2, 1);
+    let second: Ipv4Net = "10.244.102.0/24".parse().unwrap();
+    let mtu = overlays[1].vtep().mtu;
+    let prefix = format!("{}h2", c.prefix);
+    let j = c.hosts[1].add_block(second, mtu, &prefix);
+    let map = c.map();
+    let (a, b) = (&c.hosts[0], &c.hosts[1]);
+    let (oa, ob) = overlays.split_at_mut(1);
+    let (oa, ob) = (&mut oa[0], &mut ob[0]);
+    // The peer: one route, via the host's one next hop; neighbour and fdb stay.
+    assert_eq!(a.reconcile(oa, &map), 1);
+    // The host itself: its own blocks are never routed over the overlay.
+    assert_eq!(b.reconcile(ob, &map), 0);
+    let vtep = oa.vtep().clone();
+    let actual = a.ns.enter(|| read_actual(&vtep).unwrap());
+    let mut routes: Vec<(Ipv4Net, Ipv4Addr)> =
+        actual.routes.iter().map(|r| (r.dst, r.via)).collect();
+    routes.sort();
+    assert_eq!(
+        routes,
+        [(b.block, b.block.network()), (second, b.block.network())],
+        "{actual:?}"
+    );
+    assert_eq!(actual.neigh.len(), 1, "{actual:?}");
+    // Both of B's blocks from A, and back from the second block.
+    assert!(reaches(&a.containers[0].ns, b.containers[0].ip));
+    assert!(reaches(&a.containers[0].ns, b.containers[j].ip));
+    assert!(reaches(&b.containers[j].ns, a.containers[0].ip));
+    // Re-applying changes nothing.
+    assert_eq!(a.reconcile(oa, &map), 0);
+    assert_eq!(b.reconcile(ob, &map), 0);
+
+    // A's map without the block: that one route goes, the first block keeps working.
+    let mut without = map.clone();
+    without[1].blocks.truncate(1);
+    assert_eq!(a.reconcile(oa, &without), 1);
+    assert!(unreachable(&a.containers[0].ns, b.containers[j].ip));
+    assert!(reaches(&a.containers[0].ns, b.containers[0].ip));
 }
 
 #[test]

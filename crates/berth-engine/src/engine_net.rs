@@ -83,9 +83,20 @@ impl Engine {
         let nets = self.networks()?;
         let cfg = network::get_or_default(&nets, net, &self.net)?;
         let ipam = nets.ipam(&cfg);
-        let addr = ipam
-            .allocate(id, req.ip)
-            .map_err(|e| EngineError::Net(berth_net::Error::from(e).into()))?;
+        let addr = ipam.allocate(id, req.ip).map_err(|e| match e {
+            // Name the host and its blocks: the fix is the agent's, not the user's.
+            berth_net::ipam::IpamError::Exhausted { .. }
+                if cfg.name == network::CLUSTER_NETWORK =>
+            {
+                EngineError::Net(network::NetError::ClusterFull {
+                    host: network::read_cluster_host(&network::cluster_host_file())
+                        .map(|h| h.name)
+                        .unwrap_or_else(|_| "(unknown)".into()),
+                    blocks: cfg.subnets_text(),
+                })
+            }
+            e => EngineError::Net(berth_net::Error::from(e).into()),
+        })?;
         // Until the record holds the address, nothing else would release it.
         let r = self.prepare_with_address(id, name, &cfg, addr, req, image);
         if r.is_err() {

@@ -35,6 +35,11 @@ pub enum NetError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "allocating a cluster address on host {host}: its blocks {blocks} are full; \
+         the host's agent asks the controller for another block as they fill (see its log)"
+    )]
+    ClusterFull { host: String, blocks: String },
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetError {
@@ -127,7 +132,9 @@ pub fn open(dir: &Path, s: &NetSettings) -> Result<Networks, NetError> {
     Ok(Networks::open_with_table(dir, &s.nft_table)?)
 }
 
-/// A network by name; the default one is made on first use from the settings.
+/// A network by name; the default one is made on first use from the settings. The
+/// cluster network is made from the host file, and follows it when the host got more
+/// blocks since.
 pub fn get_or_default(
     nets: &Networks,
     name: &str,
@@ -137,35 +144,52 @@ pub fn get_or_default(
         return Ok(nets.get(name)?);
     }
     if let Ok(n) = nets.get(name) {
+        if name == CLUSTER_NETWORK {
+            // Without a readable host file the network stays as it is.
+            if let Ok(h) = read_cluster_host(&cluster_host_file()) {
+                return Ok(sync_cluster_network(nets, &h)?.unwrap_or(n));
+            }
+        }
         return Ok(n);
     }
-    let req = if name == CLUSTER_NETWORK {
-        cluster_request()?
+    let (req, host) = if name == CLUSTER_NETWORK {
+        let h = read_cluster_host(&cluster_host_file())?;
+        (cluster_request(&h)?, Some(h))
     } else {
-        berth_net::CreateRequest {
-            name: name.to_string(),
-            subnet: Some(s.subnet),
-            bridge: Some(s.bridge.clone()),
-            ..Default::default()
-        }
+        (
+            berth_net::CreateRequest {
+                name: name.to_string(),
+                subnet: Some(s.subnet),
+                bridge: Some(s.bridge.clone()),
+                ..Default::default()
+            },
+            None,
+        )
     };
-    match nets.create(&req) {
-        Ok(n) => Ok(n),
+    let net = match nets.create(&req) {
+        Ok(n) => n,
         // Another process made it first.
-        Err(_) if nets.get(name).is_ok() => Ok(nets.get(name)?),
-        Err(e) => Err(e.into()),
+        Err(_) if nets.get(name).is_ok() => nets.get(name)?,
+        Err(e) => return Err(e.into()),
+    };
+    match host {
+        Some(h) => Ok(sync_cluster_network(nets, &h)?.unwrap_or(net)),
+        None => Ok(net),
     }
 }
 
-/// `--network cluster`: this host's block of the cluster's address space, as the host's
-/// agent recorded it when it joined.
+/// `--network cluster`: this host's blocks of the cluster's address space, as the host's
+/// agent recorded them.
 pub const CLUSTER_NETWORK: &str = "cluster";
 
-/// What the agent writes after joining (`berth agent join --host-file`).
+/// What the agent writes after joining (`berth agent join --host-file`), and rewrites
+/// whenever the host gets another block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterHost {
     pub name: String,
-    pub block: ipnet::Ipv4Net,
+    /// In the order the controller gave them: the first is the network's first subnet,
+    /// and addresses are handed out from the first with room.
+    pub blocks: Vec<ipnet::Ipv4Net>,
     pub cidr: ipnet::Ipv4Net,
     pub mtu: u32,
 }
@@ -177,29 +201,58 @@ pub fn cluster_host_file() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/run/berth/cluster/host.json"))
 }
 
-fn cluster_request() -> Result<berth_net::CreateRequest, NetError> {
-    let path = cluster_host_file();
-    let text = std::fs::read(&path).map_err(|e| NetError::Setting {
+/// The host file at `path`; an error that says to join when it is missing.
+pub fn read_cluster_host(path: &Path) -> Result<ClusterHost, NetError> {
+    let bad = |reason: String| NetError::Setting {
         var: "--network",
         value: CLUSTER_NETWORK.into(),
-        reason: format!(
+        reason,
+    };
+    let text = std::fs::read(path).map_err(|e| {
+        bad(format!(
             "this host has not joined a cluster ({}: {e}); run `berth agent join` first",
             path.display()
-        ),
+        ))
     })?;
-    let h: ClusterHost = serde_json::from_slice(&text).map_err(|e| NetError::Setting {
-        var: "--network",
-        value: CLUSTER_NETWORK.into(),
-        reason: format!("reading {}: {e}", path.display()),
-    })?;
+    let h: ClusterHost = serde_json::from_slice(&text)
+        .map_err(|e| bad(format!("reading {}: {e}", path.display())))?;
+    if h.blocks.is_empty() {
+        return Err(bad(format!("{} lists no address block", path.display())));
+    }
+    Ok(h)
+}
+
+fn cluster_request(h: &ClusterHost) -> Result<berth_net::CreateRequest, NetError> {
     Ok(berth_net::CreateRequest {
         name: CLUSTER_NETWORK.into(),
-        subnet: Some(h.block),
+        subnet: h.blocks.first().copied(),
         bridge: Some(std::env::var("BERTH_CLUSTER_BRIDGE").unwrap_or_else(|_| "berth-cl0".into())),
         mtu: Some(h.mtu),
         cluster_cidr: Some(h.cidr),
         ..Default::default()
     })
+}
+
+/// Makes the cluster network of `nets` carry every block of `h` (a host's blocks only
+/// ever grow): adds the missing ones as ranges and, if the bridge exists, its gateway
+/// addresses and rules. Returns the network, or None when it does not exist yet (it is
+/// made from the host file, with every block, when a container first needs it).
+pub fn sync_cluster_network(
+    nets: &Networks,
+    h: &ClusterHost,
+) -> Result<Option<NetworkConfig>, NetError> {
+    let Ok(net) = nets.get(CLUSTER_NETWORK) else {
+        return Ok(None);
+    };
+    let have = net.ranges();
+    if h.blocks.iter().all(|b| have.iter().any(|r| r.subnet == *b)) {
+        return Ok(Some(net));
+    }
+    let net = nets.add_ranges(CLUSTER_NETWORK, &h.blocks)?;
+    if berth_net::link::exists(&net.bridge).map_err(berth_net::Error::from)? {
+        berth_net::setup_network(&net)?;
+    }
+    Ok(Some(net))
 }
 
 /// The port specs of `-p`, plus the image's exposed ports on ephemeral host ports for `-P`.
@@ -407,6 +460,51 @@ mod tests {
         assert!(t.contains("10.0.0.9\tdb.local\n"), "{t}");
         assert!(t.contains("10.89.0.3\tcache\n"), "{t}");
         assert!(!t.contains("\tweb\n"), "{t}");
+    }
+
+    #[test]
+    fn the_cluster_network_follows_the_host_files_blocks() {
+        let d = tempfile::tempdir().unwrap();
+        let nets = Networks::open_with_table(&d.path().join("nets"), "t").unwrap();
+        let b: Vec<ipnet::Ipv4Net> = ["10.244.0.0/29", "10.244.0.16/29"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let mut h = ClusterHost {
+            name: "h1".into(),
+            blocks: vec![b[0]],
+            cidr: "10.244.0.0/16".parse().unwrap(),
+            mtu: 1450,
+        };
+        // Not made yet: nothing to follow.
+        assert_eq!(sync_cluster_network(&nets, &h).unwrap(), None);
+        let mut req = cluster_request(&h).unwrap();
+        // A bridge that does not exist here, so no kernel state is touched.
+        req.bridge = Some("bt-nonexist0".into());
+        nets.create(&req).unwrap();
+        let one = sync_cluster_network(&nets, &h).unwrap().unwrap();
+        assert!(one.more_ranges.is_empty());
+        h.blocks.push(b[1]);
+        let two = sync_cluster_network(&nets, &h).unwrap().unwrap();
+        assert_eq!(two.ranges().len(), 2);
+        assert_eq!(
+            two.range_of("10.244.0.18".parse().unwrap()).unwrap().subnet,
+            b[1]
+        );
+        assert_eq!(nets.get(CLUSTER_NETWORK).unwrap(), two);
+        assert_eq!(sync_cluster_network(&nets, &h).unwrap().unwrap(), two);
+
+        let p = d.path().join("host.json");
+        std::fs::write(&p, serde_json::to_vec(&h).unwrap()).unwrap();
+        assert_eq!(read_cluster_host(&p).unwrap(), h);
+        h.blocks.clear();
+        std::fs::write(&p, serde_json::to_vec(&h).unwrap()).unwrap();
+        let e = read_cluster_host(&p).unwrap_err().to_string();
+        assert!(e.contains("lists no address block"), "{e}");
+        let e = read_cluster_host(&d.path().join("none.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has not joined a cluster"), "{e}");
     }
 
     #[test]

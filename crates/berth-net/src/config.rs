@@ -43,6 +43,12 @@ pub enum ConfigError {
     InvalidMtu(u32),
     #[error("invalid nftables table name {0:?}: must be 1 to 64 characters of [a-zA-Z0-9_]")]
     InvalidTable(String),
+    #[error("subnets {a} and {b} of network {name} overlap")]
+    RangesOverlap {
+        name: String,
+        a: Ipv4Net,
+        b: Ipv4Net,
+    },
 }
 
 /// A network as persisted in the store and handed to the kernel-facing functions.
@@ -71,6 +77,28 @@ pub struct NetworkConfig {
     /// the overlay unmasqueraded.
     #[serde(default)]
     pub cluster_cidr: Option<Ipv4Net>,
+    /// Address ranges added after creation (a cluster host's later blocks), in the order
+    /// added. The bridge carries every range's gateway; addresses come from `subnet` first,
+    /// then from these in order; a container's prefix and default route are its range's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_ranges: Vec<Range>,
+}
+
+/// A subnet of a network with the gateway (bridge address) in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Range {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+impl Range {
+    /// The subnet with its first host as the gateway, as networks get by default.
+    pub fn with_first_host(subnet: Ipv4Net) -> Range {
+        Range {
+            subnet,
+            gateway: first_host(subnet),
+        }
+    }
 }
 
 fn default_table() -> String {
@@ -97,8 +125,21 @@ impl NetworkConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_name(&self.name)?;
         validate_bridge(&self.bridge)?;
-        validate_subnet(&self.name, self.subnet)?;
-        validate_gateway(&self.name, self.subnet, self.gateway)?;
+        let ranges = self.ranges();
+        for (i, r) in ranges.iter().enumerate() {
+            validate_subnet(&self.name, r.subnet)?;
+            validate_gateway(&self.name, r.subnet, r.gateway)?;
+            if let Some(o) = ranges[i + 1..]
+                .iter()
+                .find(|o| crate::subnet::overlaps(o.subnet, r.subnet))
+            {
+                return Err(ConfigError::RangesOverlap {
+                    name: self.name.clone(),
+                    a: r.subnet,
+                    b: o.subnet,
+                });
+            }
+        }
         validate_table(&self.nft_table)?;
         if !(576..=65535).contains(&self.mtu) {
             return Err(ConfigError::InvalidMtu(self.mtu));
@@ -106,9 +147,33 @@ impl NetworkConfig {
         Ok(())
     }
 
-    /// The network's prefix length (the bridge's and every container's).
+    /// The network's (first subnet's) prefix length.
     pub fn prefix_len(&self) -> u8 {
         self.subnet.prefix_len()
+    }
+
+    /// Every address range, the first subnet first.
+    pub fn ranges(&self) -> Vec<Range> {
+        std::iter::once(Range {
+            subnet: self.subnet,
+            gateway: self.gateway,
+        })
+        .chain(self.more_ranges.iter().copied())
+        .collect()
+    }
+
+    /// The range `addr` belongs to.
+    pub fn range_of(&self, addr: Ipv4Addr) -> Option<Range> {
+        self.ranges().into_iter().find(|r| r.subnet.contains(&addr))
+    }
+
+    /// The subnets, comma separated, for messages.
+    pub fn subnets_text(&self) -> String {
+        self.ranges()
+            .iter()
+            .map(|r| r.subnet.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -281,6 +346,50 @@ mod tests {
         assert!(validate_gateway("n", s, "10.89.0.0".parse().unwrap()).is_err());
         assert!(validate_gateway("n", s, "10.89.0.255".parse().unwrap()).is_err());
         assert_eq!(first_host(s), Ipv4Addr::new(10, 89, 0, 1));
+    }
+
+    #[test]
+    fn more_ranges_are_validated_and_found() {
+        let mut n = NetworkConfig {
+            name: "cluster".into(),
+            id: "x".into(),
+            bridge: "berth-cl0".into(),
+            subnet: "10.244.0.0/29".parse().unwrap(),
+            gateway: "10.244.0.1".parse().unwrap(),
+            internal: false,
+            mtu: 1450,
+            created: String::new(),
+            labels: BTreeMap::new(),
+            nft_table: "t".into(),
+            cluster_cidr: None,
+            more_ranges: vec![Range::with_first_host("10.244.0.16/29".parse().unwrap())],
+        };
+        n.validate().unwrap();
+        assert_eq!(n.ranges().len(), 2);
+        let r = n.range_of("10.244.0.18".parse().unwrap()).unwrap();
+        assert_eq!(r.gateway, Ipv4Addr::new(10, 244, 0, 17));
+        assert_eq!(n.range_of("10.244.0.9".parse().unwrap()), None);
+        assert_eq!(n.subnets_text(), "10.244.0.0/29, 10.244.0.16/29");
+        // An old record without the field reads as no more ranges, and is written back
+        // without it.
+        let mut v = serde_json::to_value(&n).unwrap();
+        v.as_object_mut().unwrap().remove("more_ranges");
+        let old: NetworkConfig = serde_json::from_value(v).unwrap();
+        assert!(old.more_ranges.is_empty());
+        assert!(!serde_json::to_string(&old).unwrap().contains("more_ranges"));
+
+        n.more_ranges
+            .push(Range::with_first_host("10.244.0.0/28".parse().unwrap()));
+        let e = n.validate().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "subnets 10.244.0.0/29 and 10.244.0.0/28 of network cluster overlap"
+        );
+        n.more_ranges = vec![Range {
+            subnet: "10.244.0.16/29".parse().unwrap(),
+            gateway: "10.244.0.1".parse().unwrap(),
+        }];
+        assert!(n.validate().is_err());
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! processes. Allocation is next-fit: it resumes after the last address handed out, so an
 //! address just released is not immediately given to the next container (a stale peer
 //! still holding it in an ARP cache would otherwise reach the wrong container).
+//!
+//! A network may have several ranges (a cluster host's blocks): they are searched as one
+//! sequence, the first subnet's addresses first, so the first range fills before the
+//! next is used, and next-fit carries on across them.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -11,17 +15,19 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Range;
 use crate::fsutil;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
-    #[error("network {network} ({subnet}): no free addresses")]
-    Exhausted { network: String, subnet: Ipv4Net },
-    #[error("network {network}: requested address {addr} is not inside subnet {subnet}")]
+    /// `subnets`: every range's subnet, comma separated.
+    #[error("network {network} ({subnets}): no free addresses")]
+    Exhausted { network: String, subnets: String },
+    #[error("network {network}: requested address {addr} is not inside subnet {subnets}")]
     OutsideSubnet {
         network: String,
         addr: Ipv4Addr,
-        subnet: Ipv4Net,
+        subnets: String,
     },
     #[error("network {network}: requested address {addr} is reserved ({what})")]
     Reserved {
@@ -63,8 +69,8 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct Ipam {
     network: String,
-    subnet: Ipv4Net,
-    gateway: Ipv4Addr,
+    /// Never empty: the constructors take at least one.
+    ranges: Vec<Range>,
     path: PathBuf,
     lock_path: PathBuf,
 }
@@ -74,13 +80,37 @@ impl Ipam {
     /// allocations are rare and short, and a lock file that is never deleted cannot be
     /// raced by a removal (a waiter would otherwise lock an unlinked file).
     pub fn new(network: &str, subnet: Ipv4Net, gateway: Ipv4Addr, path: &Path) -> Ipam {
+        Ipam::with_ranges(network, Range { subnet, gateway }, &[], path)
+    }
+
+    /// An allocator over `first` and then `more`, in that order (see the module docs).
+    pub fn with_ranges(network: &str, first: Range, more: &[Range], path: &Path) -> Ipam {
         Ipam {
             network: network.to_string(),
-            subnet,
-            gateway,
+            ranges: std::iter::once(first).chain(more.iter().copied()).collect(),
             path: path.to_path_buf(),
             lock_path: path.with_file_name(".lock"),
         }
+    }
+
+    fn subnets_text(&self) -> String {
+        self.ranges
+            .iter()
+            .map(|r| r.subnet.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// How many addresses the ranges can hand out, and how many of those are taken.
+    pub fn usage(&self) -> Result<(u64, u64), IpamError> {
+        let state = self.load()?;
+        let capacity = self.ranges.iter().map(|r| usable(r).count() as u64).sum();
+        let used = state
+            .allocations
+            .keys()
+            .filter(|a| self.ranges.iter().any(|r| r.subnet.contains(*a)))
+            .count() as u64;
+        Ok((capacity, used))
     }
 
     /// Gives `owner` an address: `requested` if free, else the next free one after the
@@ -169,18 +199,18 @@ impl Ipam {
     }
 
     fn check_requestable(&self, addr: Ipv4Addr) -> Result<(), IpamError> {
-        if !self.subnet.contains(&addr) {
+        let Some(r) = self.ranges.iter().find(|r| r.subnet.contains(&addr)) else {
             return Err(IpamError::OutsideSubnet {
                 network: self.network.clone(),
                 addr,
-                subnet: self.subnet,
+                subnets: self.subnets_text(),
             });
-        }
-        let what = if addr == self.subnet.network() {
+        };
+        let what = if addr == r.subnet.network() {
             "network address"
-        } else if addr == self.subnet.broadcast() {
+        } else if addr == r.subnet.broadcast() {
             "broadcast address"
-        } else if addr == self.gateway {
+        } else if addr == r.gateway {
             "gateway"
         } else {
             return Ok(());
@@ -192,26 +222,22 @@ impl Ipam {
         })
     }
 
+    /// Next-fit over the ranges' usable addresses taken as one sequence: the search
+    /// starts after the last address handed out (at the start when that is in no range
+    /// any more) and wraps around once.
     fn next_free(&self, state: &State) -> Result<Ipv4Addr, IpamError> {
-        let first = u32::from(self.subnet.network()) + 1;
-        let last = u32::from(self.subnet.broadcast()) - 1;
+        let all: Vec<Ipv4Addr> = self.ranges.iter().flat_map(usable).collect();
         let start = state
             .last
-            .map(u32::from)
-            .filter(|a| (first..last).contains(a))
-            .map_or(first, |a| a + 1);
-        let size = last - first + 1;
-        for i in 0..size {
-            let candidate = first + (start - first + i) % size;
-            let addr = Ipv4Addr::from(candidate);
-            if addr != self.gateway && !state.allocations.contains_key(&addr) {
-                return Ok(addr);
-            }
-        }
-        Err(IpamError::Exhausted {
-            network: self.network.clone(),
-            subnet: self.subnet,
-        })
+            .and_then(|l| all.iter().position(|a| *a == l))
+            .map_or(0, |i| i + 1);
+        (0..all.len())
+            .map(|i| all[(start + i) % all.len()])
+            .find(|a| !state.allocations.contains_key(a))
+            .ok_or_else(|| IpamError::Exhausted {
+                network: self.network.clone(),
+                subnets: self.subnets_text(),
+            })
     }
 
     fn load(&self) -> Result<State, IpamError> {
@@ -240,6 +266,15 @@ impl Ipam {
             source,
         }
     }
+}
+
+/// The addresses a range hands out: all but network, broadcast and gateway.
+fn usable(r: &Range) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    let first = u32::from(r.subnet.network()) + 1;
+    let last = u32::from(r.subnet.broadcast());
+    (first..last)
+        .map(Ipv4Addr::from)
+        .filter(move |a| *a != r.gateway)
 }
 
 #[cfg(test)]
@@ -378,5 +413,73 @@ mod tests {
             ipam(&path, "10.89.0.0/24").allocations().unwrap().len(),
             160
         );
+    }
+
+    fn two_ranges(dir: &Path) -> Ipam {
+        Ipam::with_ranges(
+            "cluster",
+            Range::with_first_host("10.244.0.0/29".parse().unwrap()),
+            &[Range::with_first_host("10.244.0.16/29".parse().unwrap())],
+            &dir.join("c.json"),
+        )
+    }
+
+    #[test]
+    fn several_ranges_fill_the_first_first_then_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = two_ranges(dir.path());
+        let got: Vec<Ipv4Addr> = (0..10)
+            .map(|i| ipam.allocate(&format!("c{i}"), None).unwrap())
+            .collect();
+        let want: Vec<Ipv4Addr> = (2..=6)
+            .map(|d| Ipv4Addr::new(10, 244, 0, d))
+            .chain((18..=22).map(|d| Ipv4Addr::new(10, 244, 0, d)))
+            .collect();
+        assert_eq!(got, want, "the gateways .1 and .17 are never handed out");
+        assert_eq!(ipam.usage().unwrap(), (10, 10));
+        let e = ipam.allocate("c10", None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "network cluster (10.244.0.0/29, 10.244.0.16/29): no free addresses"
+        );
+        // next-fit wraps from the end of the last range to the first.
+        ipam.release("c1").unwrap();
+        ipam.release("c8").unwrap();
+        assert_eq!(ipam.allocate("c11", None).unwrap(), a("10.244.0.3"));
+        assert_eq!(ipam.allocate("c12", None).unwrap(), a("10.244.0.21"));
+        // requested addresses: in any range, never a range's gateway.
+        ipam.release("c0").unwrap();
+        assert!(ipam
+            .allocate("c13", Some(a("10.244.0.17")))
+            .unwrap_err()
+            .to_string()
+            .contains("gateway"));
+        let e = ipam.allocate("c13", Some(a("10.244.0.9"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "network cluster: requested address 10.244.0.9 is not inside subnet 10.244.0.0/29, 10.244.0.16/29"
+        );
+    }
+
+    #[test]
+    fn a_range_added_later_extends_what_was_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = Ipam::new(
+            "cluster",
+            "10.244.0.0/29".parse().unwrap(),
+            a("10.244.0.1"),
+            &dir.path().join("c.json"),
+        );
+        for i in 0..5 {
+            one.allocate(&format!("c{i}"), None).unwrap();
+        }
+        assert!(one.allocate("c5", None).is_err());
+        assert_eq!(one.usage().unwrap(), (5, 5));
+        // The same file, now with a second range: the allocations stay, the new range
+        // has room.
+        let two = two_ranges(dir.path());
+        assert_eq!(two.usage().unwrap(), (10, 5));
+        assert_eq!(two.allocate("c5", None).unwrap(), a("10.244.0.18"));
+        assert_eq!(two.allocate("c0", None).unwrap(), a("10.244.0.2"));
     }
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use crate::config::NetworkConfig;
+use crate::config::{NetworkConfig, Range};
 use crate::netlink::{Netlink, VethSpec};
 
 /// The loopback device's index in every network namespace.
@@ -24,6 +24,12 @@ pub enum LinkError {
     },
     #[error("bridge {bridge} of network {network} does not exist (the network is not set up)")]
     NoBridge { bridge: String, network: String },
+    #[error("attaching address {addr}: it is in no subnet of network {network} ({subnets})")]
+    OutsideNetwork {
+        addr: Ipv4Addr,
+        network: String,
+        subnets: String,
+    },
 }
 
 fn op(op: impl Into<String>) -> impl FnOnce(io::Error) -> LinkError {
@@ -56,7 +62,8 @@ pub fn mac_for(addr: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x42, a, b, c, d]
 }
 
-/// Makes the bridge exist, carry the gateway address, have the network's MTU and be up.
+/// Makes the bridge exist, carry every range's gateway address, have the network's MTU
+/// and be up.
 pub fn ensure_bridge(net: &NetworkConfig) -> Result<(), LinkError> {
     let mut nl = Netlink::open().map_err(op("opening a netlink socket"))?;
     let br = &net.bridge;
@@ -73,12 +80,13 @@ pub fn ensure_bridge(net: &NetworkConfig) -> Result<(), LinkError> {
             bridge: br.clone(),
             network: net.name.clone(),
         })?;
-    nl.add_address(index, net.gateway, net.prefix_len())
-        .map_err(op(format!(
-            "adding address {}/{} to bridge {br}",
-            net.gateway,
-            net.prefix_len()
+    for r in net.ranges() {
+        let plen = r.subnet.prefix_len();
+        nl.add_address(index, r.gateway, plen).map_err(op(format!(
+            "adding address {}/{plen} to bridge {br}",
+            r.gateway
         )))?;
+    }
     nl.set_up(index, Some(net.mtu))
         .map_err(op(format!("setting bridge {br} up with mtu {}", net.mtu)))
 }
@@ -113,6 +121,13 @@ pub fn attach(
     addr: Ipv4Addr,
 ) -> Result<Attachment, LinkError> {
     let short: String = container_id.chars().take(12).collect();
+    let range = net
+        .range_of(addr)
+        .ok_or_else(|| LinkError::OutsideNetwork {
+            addr,
+            network: net.name.clone(),
+            subnets: net.subnets_text(),
+        })?;
     let ns_path = format!("/proc/{container_pid}/ns/net");
     let netns = File::open(&ns_path).map_err(op(format!(
         "opening network namespace {ns_path} of container {short}"
@@ -141,7 +156,7 @@ pub fn attach(
     })
     .map_err(op(format!("creating veth {veth} for container {short}")))?;
 
-    match configure_inside(net, &netns, addr, &short) {
+    match configure_inside(range, &netns, addr, &short) {
         Ok((mut inside, eth0)) => {
             let veth_index = host.link_index(veth).ok().flatten();
             wait_until_forwarding(&mut inside, eth0, &mut host, veth_index, veth);
@@ -190,7 +205,7 @@ fn wait_until_forwarding(
 /// Configures lo and eth0 inside the container; returns the netlink socket there and
 /// eth0's index.
 fn configure_inside(
-    net: &NetworkConfig,
+    range: Range,
     netns: &File,
     addr: Ipv4Addr,
     short: &str,
@@ -207,16 +222,16 @@ fn configure_inside(
             op: format!("looking up eth0 in container {short}"),
             source: io::Error::from(io::ErrorKind::NotFound),
         })?;
-    let prefix = net.prefix_len();
+    let prefix = range.subnet.prefix_len();
     nl.add_address(index, addr, prefix).map_err(op(format!(
         "adding address {addr}/{prefix} to eth0 in container {short}"
     )))?;
     nl.set_up(index, None)
         .map_err(op(format!("setting eth0 up in container {short}")))?;
-    nl.add_default_route(index, net.gateway)
+    nl.add_default_route(index, range.gateway)
         .map_err(op(format!(
             "adding default route via {} in container {short}",
-            net.gateway
+            range.gateway
         )))?;
     Ok((nl, index))
 }

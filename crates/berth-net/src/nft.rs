@@ -206,7 +206,12 @@ fn net_tag(bridge: &str) -> String {
 /// The rules of one network (see the module docs).
 pub(crate) fn network_rules(net: &NetworkConfig) -> String {
     let t = format!("inet {}", net.nft_table);
-    let (b, s, tag) = (&net.bridge, net.subnet, net_tag(&net.bridge));
+    // Every range's subnet: an anonymous set when the network has more than one.
+    let s = match net.ranges().as_slice() {
+        [one] => one.subnet.to_string(),
+        _ => format!("{{ {} }}", net.subnets_text()),
+    };
+    let (b, tag) = (&net.bridge, net_tag(&net.bridge));
     let mut rules = vec![format!(
         "postrouting oifname \"{b}\" ip saddr 127.0.0.0/8 masquerade"
     )];
@@ -463,7 +468,21 @@ mod tests {
             labels: Default::default(),
             nft_table: "t".into(),
             cluster_cidr: None,
+            more_ranges: Vec::new(),
         }
+    }
+
+    #[test]
+    fn every_range_of_a_network_is_masqueraded() {
+        let mut n = net(false);
+        n.cluster_cidr = Some("10.244.0.0/16".parse().unwrap());
+        n.more_ranges.push(crate::config::Range::with_first_host(
+            "10.89.7.0/24".parse().unwrap(),
+        ));
+        let r = network_rules(&n);
+        assert!(r.contains(
+            "postrouting ip saddr { 10.89.1.0/24, 10.89.7.0/24 } ip daddr != 10.244.0.0/16 oifname != \"br-x\" masquerade"
+        ), "{r}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
-use crate::config::{self, CreateRequest, NetworkConfig};
+use crate::config::{self, CreateRequest, NetworkConfig, Range};
 use crate::ipam::Ipam;
 use crate::subnet::{self, HostRoute};
 use crate::{fsutil, Error};
@@ -166,7 +166,11 @@ impl Networks {
                 s
             }
             None => {
-                let taken: Vec<Ipv4Net> = existing.iter().map(|n| n.subnet).collect();
+                let taken: Vec<Ipv4Net> = existing
+                    .iter()
+                    .flat_map(|n| n.ranges())
+                    .map(|r| r.subnet)
+                    .collect();
                 subnet::pick_from_pool(&taken, &foreign)
                     .ok_or_else(|| StoreError::PoolExhausted(req.name.clone()))?
             }
@@ -183,6 +187,7 @@ impl Networks {
             labels: req.labels.clone(),
             nft_table: self.nft_table.clone(),
             cluster_cidr: req.cluster_cidr,
+            more_ranges: Vec::new(),
         };
         net.validate()?;
         let path = self.path_of(&net.name);
@@ -238,14 +243,64 @@ impl Networks {
         Ok(nets)
     }
 
-    /// The address allocator of `net`.
+    /// The address allocator of `net`, over all its ranges.
     pub fn ipam(&self, net: &NetworkConfig) -> Ipam {
-        Ipam::new(
+        Ipam::with_ranges(
             &net.name,
-            net.subnet,
-            net.gateway,
+            Range {
+                subnet: net.subnet,
+                gateway: net.gateway,
+            },
+            &net.more_ranges,
             &self.dir.join("ipam").join(format!("{}.json", net.id)),
         )
+    }
+
+    /// Adds the subnets of `add` that network `name` does not have yet, each with its
+    /// first host as gateway, in order (a cluster host's new blocks). Checked like a
+    /// created network's subnet, against the other networks and the host's routes
+    /// not through this network's bridge. Kernel state follows with
+    /// [`crate::setup_network`]. Returns the network as it is now.
+    pub fn add_ranges(&self, name: &str, add: &[Ipv4Net]) -> Result<NetworkConfig, Error> {
+        let routes = subnet::host_routes()?;
+        self.add_ranges_with_routes(name, add, &routes)
+    }
+
+    fn add_ranges_with_routes(
+        &self,
+        name: &str,
+        add: &[Ipv4Net],
+        routes: &[HostRoute],
+    ) -> Result<NetworkConfig, Error> {
+        let _lock = self.lock()?;
+        let existing = self.list_unlocked()?;
+        let mut net = existing
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let others: Vec<NetworkConfig> = existing.into_iter().filter(|n| n.name != name).collect();
+        let foreign: Vec<HostRoute> = routes
+            .iter()
+            .filter(|r| r.dev != net.bridge && !others.iter().any(|n| n.bridge == r.dev))
+            .cloned()
+            .collect();
+        let mut changed = false;
+        for &subnet in add {
+            if net.ranges().iter().any(|r| r.subnet == subnet) {
+                continue;
+            }
+            config::validate_subnet(name, subnet)?;
+            check_overlaps(name, subnet, &others, &foreign)?;
+            net.more_ranges.push(Range::with_first_host(subnet));
+            changed = true;
+        }
+        if changed {
+            net.validate()?;
+            let path = self.path_of(&net.name);
+            fsutil::write_json_atomic(&path, &net).map_err(io_err("writing", &path))?;
+        }
+        Ok(net)
     }
 
     /// Removes a network: refused while containers hold addresses on it; tears down its
@@ -288,11 +343,16 @@ fn check_overlaps(
     existing: &[NetworkConfig],
     routes: &[HostRoute],
 ) -> Result<(), StoreError> {
-    if let Some(other) = existing.iter().find(|n| subnet::overlaps(n.subnet, subnet)) {
+    if let Some((other, r)) = existing.iter().find_map(|n| {
+        n.ranges()
+            .into_iter()
+            .find(|r| subnet::overlaps(r.subnet, subnet))
+            .map(|r| (n, r))
+    }) {
         return Err(StoreError::OverlapsNetwork {
             name: name.to_string(),
             subnet,
-            other: other.subnet,
+            other: r.subnet,
             other_name: other.name.clone(),
         });
     }
@@ -408,5 +468,62 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no such network: nope"));
+    }
+
+    #[test]
+    fn ranges_are_added_once_checked_and_kept_by_the_allocator() {
+        let dir = tempfile::tempdir().unwrap();
+        let nets = Networks::open_with_table(dir.path(), "t").unwrap();
+        let mut r = req("cluster");
+        r.subnet = Some("10.244.0.0/29".parse().unwrap());
+        r.bridge = Some("berth-cl0".into());
+        let c = nets.create_with_routes(&r, &[]).unwrap();
+        let mut o = req("other");
+        o.subnet = Some("10.245.0.0/24".parse().unwrap());
+        nets.create_with_routes(&o, &[]).unwrap();
+        for i in 0..5 {
+            nets.ipam(&c).allocate(&format!("c{i}"), None).unwrap();
+        }
+        let second: Ipv4Net = "10.244.0.16/29".parse().unwrap();
+        // The bridge's own route is no conflict.
+        let routes = [route("berth-cl0", "10.244.0.16/29")];
+        let c2 = nets
+            .add_ranges_with_routes("cluster", &[c.subnet, second], &routes)
+            .unwrap();
+        assert_eq!(c2.more_ranges, [Range::with_first_host(second)]);
+        assert_eq!(nets.get("cluster").unwrap(), c2);
+        // Again: nothing changes.
+        let again = nets
+            .add_ranges_with_routes("cluster", &[second], &[])
+            .unwrap();
+        assert_eq!(again, c2);
+        assert_eq!(
+            nets.ipam(&c2).allocate("c5", None).unwrap().to_string(),
+            "10.244.0.18"
+        );
+        let err = |add: &str, routes: &[HostRoute]| {
+            nets.add_ranges_with_routes("cluster", &[add.parse().unwrap()], routes)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("10.245.0.0/29", &[]),
+            "subnet 10.245.0.0/29 of network cluster overlaps subnet 10.245.0.0/24 of network other"
+        );
+        assert!(err("10.244.0.32/29", &[route("eth0", "10.244.0.0/26")]).contains("host route"));
+        assert!(err("10.244.0.0/28", &[]).contains("overlap"));
+        assert!(nets
+            .add_ranges_with_routes("nope", &[second], &[])
+            .unwrap_err()
+            .to_string()
+            .contains("no such network"));
+        // A new network can't take a subnet that is only a later range of another.
+        let mut n = req("n3");
+        n.subnet = Some(second);
+        assert!(nets
+            .create_with_routes(&n, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("overlaps subnet 10.244.0.16/29 of network cluster"));
     }
 }

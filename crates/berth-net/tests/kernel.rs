@@ -434,3 +434,56 @@ fn store_lifecycle_exhaustion_and_cleanup() {
     berth_net::remove_port_mappings(&net, &id).unwrap();
     berth_net::detach(&id).unwrap();
 }
+
+#[test]
+fn a_network_with_two_ranges_has_both_gateways_and_routes_each_container_via_its_own() {
+    if !is_root() {
+        return;
+    }
+    let table = TableGuard::new();
+    let mut t = TestNet::new(&table.0, false);
+    let second = block();
+    t.net
+        .more_ranges
+        .push(berth_net::config::Range::with_first_host(second));
+    // Setting up again adds the new gateway to the existing bridge.
+    berth_net::setup_network(&t.net).unwrap();
+    let net = &t.net;
+    let br = sh(&["ip", "-o", "-4", "addr", "show", "dev", &net.bridge]);
+    assert!(br.contains(&format!("{}/28", net.gateway)), "{br}");
+    assert!(br.contains(&format!("{}/28", host(second, 1))), "{br}");
+
+    let (ns1, ns2) = (Ns::new(), Ns::new());
+    let c1 = attach(net, &ns1, 5);
+    let id2 = container_id();
+    let c2 = Attached {
+        net,
+        id: id2,
+        addr: host(second, 5),
+    };
+    berth_net::attach(net, ns2.pid, &c2.id, c2.addr).unwrap();
+    let eth0 = ns2
+        .run(&["ip", "-o", "-4", "addr", "show", "eth0"])
+        .unwrap();
+    assert!(eth0.contains(&format!("{}/28", c2.addr)), "{eth0}");
+    let routes = ns2.run(&["ip", "-4", "route"]).unwrap();
+    assert!(
+        routes.contains(&format!("default via {} dev eth0", host(second, 1))),
+        "{routes}"
+    );
+    // Across the ranges, through the host.
+    let listener = ns2.listen_tcp(7011);
+    let server = serve_once(listener);
+    let reply = talk(ns1.connect(SocketAddrV4::new(c2.addr, 7011)).unwrap());
+    assert_eq!(reply, "hello ping");
+    assert_eq!(
+        server.join().unwrap().map(|a| a.ip().to_string()),
+        Some(c1.addr.to_string()),
+        "unNATed between the ranges"
+    );
+    // An address in neither range is refused before anything is made.
+    let e = berth_net::attach(net, ns2.pid, &container_id(), Ipv4Addr::new(10, 1, 2, 3))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in no subnet of network"), "{e}");
+}

@@ -153,9 +153,20 @@ pub struct RemoteHost {
     pub name: String,
     pub underlay_ip: Ipv4Addr,
     pub vtep_mac: [u8; 6],
-    pub block: Ipv4Net,
+    /// The host's container blocks in the order the controller gave them. The first is
+    /// its primary: its `.0` is the host's VTEP address, the one next hop every block of
+    /// the host is routed via (so a new block is one new route, nothing else).
+    pub blocks: Vec<Ipv4Net>,
     /// A host marked down is withdrawn: no route, neighbour, FDB entry or nft allowance.
     pub up: bool,
+}
+
+impl RemoteHost {
+    /// The next hop of all the host's blocks: the primary block's `.0` (its VTEP
+    /// address); None for a host without blocks.
+    pub fn next_hop(&self) -> Option<Ipv4Addr> {
+        self.blocks.first().map(|b| b.network())
+    }
 }
 
 /// A host's VTEP MAC, derived from its underlay address (0a:58 + the four octets, the

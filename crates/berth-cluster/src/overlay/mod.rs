@@ -1,7 +1,7 @@
 //! The overlay data path: flannel's vxlan backend in Rust.
 //!
 //! One VXLAN device per host carries the container blocks of every other host. For each
-//! remote host that is up, three kernel entries (see [`plan`]) send a packet for its block
+//! remote host that is up, three kinds of kernel entries (see [`plan`]) send a packet for its blocks
 //! through the device, which wraps the inner frame in UDP to the remote host's underlay
 //! address; the remote device unwraps it and the host routes it to its container bridge.
 //! nftables lets the VXLAN port hear only from the map's hosts ([`nft`]).
@@ -99,12 +99,16 @@ impl Overlay {
     pub fn reconcile(&mut self, hosts: &[RemoteHost]) -> Result<Report, OverlayError> {
         let (vtep, device_changes) = vxlan::ensure_device_counted(&self.config)?;
         self.vtep = vtep;
-        let (chosen, skipped) = select(
-            self.config.local_block,
-            self.config.underlay_ip,
-            self.vtep.mac,
-            hosts,
+        // This host's blocks: the configured one and whatever else the map gives it.
+        let mut local_blocks = vec![self.config.local_block];
+        local_blocks.extend(
+            hosts
+                .iter()
+                .filter(|h| h.underlay_ip == self.config.underlay_ip)
+                .flat_map(|h| h.blocks.iter().copied()),
         );
+        let (chosen, skipped) =
+            select(&local_blocks, self.config.underlay_ip, self.vtep.mac, hosts);
         // Senders first: a new host's packets are accepted before routes send it any,
         // and a withdrawn host's are refused together with its routes.
         let senders: BTreeSet<Ipv4Addr> = chosen.iter().map(|h| h.underlay_ip).collect();

@@ -1,13 +1,16 @@
 //! The pure heart of the reconciler: from the desired map and the kernel's actual entries
 //! to the list of changes, with no I/O, so every case is unit-tested without root.
 //!
-//! Per remote host that is up, flannel's three entries:
+//! Per remote host that is up, flannel's three entries, the route once per block:
 //!
 //! ```text
-//! neighbour  <block>.0 lladdr <vtep mac> dev vx nud permanent   (no ARP over the overlay)
-//! fdb        <vtep mac> dst <underlay ip> dev vx self permanent (where to send the frame)
-//! route      <block> via <block>.0 dev vx onlink                (which frames to make)
+//! neighbour  <first block>.0 lladdr <vtep mac> dev vx nud permanent   (no ARP over the overlay)
+//! fdb        <vtep mac> dst <underlay ip> dev vx self permanent       (where to send the frame)
+//! route      <block> via <first block>.0 dev vx onlink                (which frames to make)
 //! ```
+//!
+//! Every block of a host goes via the same next hop (its first block's `.0`), so a host
+//! that gets another block costs one route, and the neighbour and FDB entries stay put.
 //!
 //! The plan is level-triggered: it only compares what is with what should be, so running
 //! it again after a crash, a restart or a missed event converges, and when the two agree
@@ -93,12 +96,13 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// Picks the hosts to program: up, not this host, and not conflicting with this host or
-/// an earlier host (by name) over a block, an underlay address or a VTEP MAC. A conflict
-/// is a bug in the map; programming either side would misroute, so the later one is
-/// left out (and reported) while the rest of the overlay keeps working.
+/// Picks the hosts to program: up, not this host, with blocks, and not conflicting with
+/// this host or an earlier host (by name) over a block, an underlay address or a VTEP
+/// MAC. A conflict is a bug in the map; programming either side would misroute, so the
+/// later host is left out whole (and reported) while the rest of the overlay keeps
+/// working. `local_blocks` are all of this host's blocks.
 pub fn select(
-    local_block: Ipv4Net,
+    local_blocks: &[Ipv4Net],
     local_underlay: Ipv4Addr,
     local_mac: [u8; 6],
     hosts: &[RemoteHost],
@@ -116,23 +120,41 @@ pub fn select(
             // This host itself, as the map lists every host: nothing to program.
             continue;
         }
-        let block = h.block.trunc();
-        if h.block != block || block.prefix_len() > 30 {
-            skipped.push(skip(format!(
-                "block {} is not a network of at most /30",
-                h.block
-            )));
-        } else if overlaps(block, local_block) {
-            skipped.push(skip(format!(
-                "block {block} overlaps this host's block {local_block}"
-            )));
+        let bad_block = h
+            .blocks
+            .iter()
+            .find(|b| **b != b.trunc() || b.prefix_len() > 30);
+        let own_overlap = h.blocks.iter().enumerate().find_map(|(i, a)| {
+            h.blocks[i + 1..]
+                .iter()
+                .find(|b| overlaps(*a, **b))
+                .map(|b| (*a, *b))
+        });
+        let local_overlap = h.blocks.iter().find_map(|b| {
+            local_blocks
+                .iter()
+                .find(|l| overlaps(*b, **l))
+                .map(|l| (*b, *l))
+        });
+        if h.blocks.is_empty() {
+            skipped.push(skip("no address block".to_string()));
+        } else if let Some(b) = bad_block {
+            skipped.push(skip(format!("block {b} is not a network of at most /30")));
+        } else if let Some((a, b)) = own_overlap {
+            skipped.push(skip(format!("its blocks {a} and {b} overlap")));
+        } else if let Some((b, l)) = local_overlap {
+            skipped.push(skip(format!("block {b} overlaps this host's block {l}")));
         } else if h.vtep_mac == local_mac || h.vtep_mac[0] & 0x01 != 0 || h.vtep_mac == [0; 6] {
             skipped.push(skip(format!(
                 "vtep mac {} is this host's, multicast or zero",
                 format_mac(&h.vtep_mac)
             )));
         } else if let Some(other) = chosen.iter().find(|c| {
-            overlaps(c.block, block) || c.underlay_ip == h.underlay_ip || c.vtep_mac == h.vtep_mac
+            c.blocks
+                .iter()
+                .any(|cb| h.blocks.iter().any(|hb| overlaps(*cb, *hb)))
+                || c.underlay_ip == h.underlay_ip
+                || c.vtep_mac == h.vtep_mac
         }) {
             skipped.push(skip(format!(
                 "block, underlay address or vtep mac conflicts with host {}",
@@ -157,15 +179,21 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
 /// then routes (a route appears only once the path under it exists), and finally the
 /// entries nothing routes through any more.
 pub fn plan(desired: &[RemoteHost], actual: &Actual) -> Vec<Op> {
-    let up = desired.iter().filter(|h| h.up);
+    // A host without blocks has nothing to route to: no entries at all.
+    let up = desired.iter().filter(|h| h.up && !h.blocks.is_empty());
     let want_neigh: BTreeMap<Ipv4Addr, [u8; 6]> = up
         .clone()
-        .map(|h| (h.block.network(), h.vtep_mac))
+        .filter_map(|h| Some((h.next_hop()?, h.vtep_mac)))
         .collect();
     let want_fdb: BTreeMap<[u8; 6], Ipv4Addr> =
         up.clone().map(|h| (h.vtep_mac, h.underlay_ip)).collect();
-    let want_route: BTreeMap<Ipv4Net, Ipv4Addr> =
-        up.map(|h| (h.block.trunc(), h.block.network())).collect();
+    // One route per block, all via the host's one next hop.
+    let want_route: BTreeMap<Ipv4Net, Ipv4Addr> = up
+        .flat_map(|h| {
+            let via = h.next_hop();
+            h.blocks.iter().filter_map(move |b| Some((b.trunc(), via?)))
+        })
+        .collect();
 
     let mut have_neigh: BTreeMap<Ipv4Addr, BTreeSet<[u8; 6]>> = BTreeMap::new();
     for n in &actual.neigh {
@@ -266,7 +294,7 @@ mod tests {
             name: format!("h{n}"),
             underlay_ip: Ipv4Addr::new(10, 199, 0, n),
             vtep_mac: [0x0a, 0x58, 10, 199, 0, n],
-            block: format!("10.244.{n}.0/24").parse().unwrap(),
+            blocks: vec![format!("10.244.{n}.0/24").parse().unwrap()],
             up: true,
         }
     }
@@ -275,19 +303,22 @@ mod tests {
     fn programmed(hosts: &[RemoteHost]) -> Actual {
         let mut a = Actual::default();
         for h in hosts.iter().filter(|h| h.up) {
+            let via = h.blocks[0].network();
             a.neigh.push(NeighEntry {
-                ip: h.block.network(),
+                ip: via,
                 mac: h.vtep_mac,
             });
             a.fdb.push(FdbEntry {
                 mac: h.vtep_mac,
                 dst: h.underlay_ip,
             });
-            a.routes.push(RouteEntry {
-                dst: h.block,
-                via: h.block.network(),
-                oif: OIF,
-            });
+            for b in &h.blocks {
+                a.routes.push(RouteEntry {
+                    dst: *b,
+                    via,
+                    oif: OIF,
+                });
+            }
         }
         a
     }
@@ -445,7 +476,7 @@ mod tests {
     fn changed_block_moves_route_and_neighbour() {
         let before = [host(1)];
         let mut after = before.clone();
-        after[0].block = "10.244.77.0/24".parse().unwrap();
+        after[0].blocks = vec!["10.244.77.0/24".parse().unwrap()];
         let ops = converges(&after, &programmed(&before));
         assert_eq!(ops.len(), 4, "{ops:?}");
         assert!(matches!(ops[0], Op::DelRoute { .. }));
@@ -478,15 +509,29 @@ mod tests {
 
     #[test]
     fn select_skips_self_conflicts_and_down_hosts() {
-        let local_block: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let local_blocks: [Ipv4Net; 2] = [
+            "10.244.3.0/24".parse().unwrap(),
+            "10.244.30.0/24".parse().unwrap(),
+        ];
         let local_ip = Ipv4Addr::new(10, 199, 0, 3);
         let local_mac = [0x0a, 0x58, 10, 199, 0, 3];
         let mut down = host(4);
         down.up = false;
         let mut same_block = host(6);
-        same_block.block = host(1).block;
+        same_block.blocks = host(1).blocks;
         let mut overlaps_local = host(7);
-        overlaps_local.block = "10.244.0.0/16".parse().unwrap();
+        overlaps_local.blocks = vec!["10.244.0.0/16".parse().unwrap()];
+        // Its first block is fine; its second is this host's second.
+        let mut overlaps_local_second = host(9);
+        overlaps_local_second
+            .blocks
+            .push("10.244.30.0/25".parse().unwrap());
+        let mut overlaps_itself = host(10);
+        overlaps_itself
+            .blocks
+            .push("10.244.10.128/25".parse().unwrap());
+        let mut no_blocks = host(11);
+        no_blocks.blocks.clear();
         let mut multicast_mac = host(8);
         multicast_mac.vtep_mac[0] = 0x01;
         let hosts = [
@@ -497,12 +542,15 @@ mod tests {
             overlaps_local,
             multicast_mac,
             host(2),
+            overlaps_local_second,
+            overlaps_itself,
+            no_blocks,
         ];
-        let (chosen, skipped) = select(local_block, local_ip, local_mac, &hosts);
+        let (chosen, skipped) = select(&local_blocks, local_ip, local_mac, &hosts);
         let names: Vec<_> = chosen.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["h1", "h2"]);
         let skipped: Vec<_> = skipped.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(skipped, ["h6", "h7", "h8"]);
+        assert_eq!(skipped, ["h10", "h11", "h6", "h7", "h8", "h9"]);
     }
 
     #[test]
@@ -511,5 +559,80 @@ mod tests {
         h.up = false;
         assert!(plan(&[h.clone()], &Actual::default()).is_empty());
         assert_eq!(plan(&[h], &programmed(&[host(1)])).len(), 3);
+    }
+
+    fn two_blocks(n: u8) -> RemoteHost {
+        let mut h = host(n);
+        h.blocks
+            .push(format!("10.244.{}.0/24", 100 + n).parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn a_host_with_two_blocks_gets_two_routes_via_one_next_hop() {
+        let ops = converges(&[two_blocks(1)], &Actual::default());
+        let via = Ipv4Addr::new(10, 244, 1, 0);
+        assert_eq!(
+            ops,
+            vec![
+                Op::PutNeigh(NeighEntry {
+                    ip: via,
+                    mac: host(1).vtep_mac
+                }),
+                Op::PutFdb(FdbEntry {
+                    mac: host(1).vtep_mac,
+                    dst: host(1).underlay_ip
+                }),
+                Op::PutRoute {
+                    dst: "10.244.1.0/24".parse().unwrap(),
+                    via
+                },
+                Op::PutRoute {
+                    dst: "10.244.101.0/24".parse().unwrap(),
+                    via
+                },
+            ]
+        );
+        assert!(plan(&[two_blocks(1)], &programmed(&[two_blocks(1)])).is_empty());
+    }
+
+    #[test]
+    fn adding_a_block_is_one_route() {
+        let ops = converges(&[two_blocks(1), host(2)], &programmed(&[host(1), host(2)]));
+        assert_eq!(
+            ops,
+            vec![Op::PutRoute {
+                dst: "10.244.101.0/24".parse().unwrap(),
+                via: Ipv4Addr::new(10, 244, 1, 0)
+            }]
+        );
+    }
+
+    #[test]
+    fn removing_a_block_is_one_route_withdrawn() {
+        let ops = converges(&[host(1)], &programmed(&[two_blocks(1)]));
+        assert_eq!(
+            ops,
+            vec![Op::DelRoute {
+                dst: "10.244.101.0/24".parse().unwrap(),
+                via: Ipv4Addr::new(10, 244, 1, 0)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_host_with_two_blocks_going_down_withdraws_everything() {
+        let mut down = two_blocks(1);
+        down.up = false;
+        let ops = converges(&[down, host(2)], &programmed(&[two_blocks(1), host(2)]));
+        assert_eq!(ops.len(), 4, "{ops:?}");
+        assert!(ops[..2].iter().all(|o| matches!(o, Op::DelRoute { .. })));
+    }
+
+    #[test]
+    fn plan_gives_a_host_without_blocks_nothing() {
+        let mut h = host(1);
+        h.blocks.clear();
+        assert!(plan(&[h], &Actual::default()).is_empty());
     }
 }

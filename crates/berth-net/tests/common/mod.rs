@@ -229,6 +229,7 @@ impl TestNet {
             labels: Default::default(),
             nft_table: table.to_string(),
             cluster_cidr: None,
+            more_ranges: Vec::new(),
         };
         let t = TestNet { net };
         berth_net::setup_network(&t.net).unwrap();

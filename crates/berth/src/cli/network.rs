@@ -64,7 +64,8 @@ pub fn network(g: &Global, cmd: NetworkCmd) -> Result<i32> {
                 );
                 for n in &list {
                     let id: String = n.id.chars().take(12).collect();
-                    println!("{:<14}{:<22}{:<10}{:<20}", id, n.name, "bridge", n.subnet);
+                    let subnets = n.subnets_text();
+                    println!("{:<14}{:<22}{:<10}{:<20}", id, n.name, "bridge", subnets);
                 }
             } else {
                 bail!("invalid --format {format:?}: table or json");
@@ -80,9 +81,14 @@ pub fn network(g: &Global, cmd: NetworkCmd) -> Result<i32> {
                     .allocations()?
                     .into_iter()
                     .map(|(addr, owner)| {
+                        // The prefix of the range the address is in (a cluster network
+                        // has one per block).
+                        let plen = n
+                            .range_of(addr)
+                            .map_or(n.subnet.prefix_len(), |r| r.subnet.prefix_len());
                         (
                             owner,
-                            serde_json::json!({"IPv4Address": format!("{addr}/{}", n.subnet.prefix_len())}),
+                            serde_json::json!({"IPv4Address": format!("{addr}/{plen}")}),
                         )
                     })
                     .collect();
@@ -120,7 +126,10 @@ fn summary(n: &NetworkConfig) -> serde_json::Value {
         "Created": n.created,
         "Driver": "bridge",
         "Internal": n.internal,
-        "IPAM": {"Config": [{"Subnet": n.subnet.to_string(), "Gateway": n.gateway.to_string()}]},
+        "IPAM": {"Config": n.ranges().iter().map(|r| serde_json::json!({
+            "Subnet": r.subnet.to_string(),
+            "Gateway": r.gateway.to_string(),
+        })).collect::<Vec<_>>()},
         "Options": {"bridge": n.bridge, "mtu": n.mtu.to_string()},
         "Labels": n.labels,
     })
