@@ -139,14 +139,20 @@ async fn reconcile(overlay: &Arc<Mutex<Overlay>>, hosts: &BTreeMap<String, Host>
         .filter_map(|h| remote(h).ok().flatten())
         .collect();
     let o = overlay.clone();
-    tokio::task::spawn_blocking(move || {
+    let changes = tokio::task::spawn_blocking(move || {
         let mut o = o
             .lock()
             .map_err(|_| AgentError::Task("overlay lock poisoned".into()))?;
         Ok(o.reconcile(&desired)?.changes())
     })
     .await
-    .map_err(|e| AgentError::Task(e.to_string()))?
+    .map_err(|e| AgentError::Task(e.to_string()))?;
+    // Logged only when the kernel was changed: a quiet log means the map held (and a
+    // restarted agent that finds everything right says so once, below).
+    if let Ok(n @ 1..) = changes {
+        eprintln!("berth agent: reconcile: {n} kernel changes");
+    }
+    changes
 }
 
 /// Joins (retrying until the controller answers), starts the overlay, then runs until
@@ -213,10 +219,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .map_err(|e| AgentError::Task(e.to_string()))??;
     let overlay = Arc::new(Mutex::new(started.0));
     eprintln!(
-        "berth agent: host {} joined with blocks {}, device {}",
+        "berth agent: host {} joined with blocks {}, device {} ({} changes to set it up)",
         cfg.name,
         crate::blocks::blocks_text(&joined.host.blocks),
-        cfg.device
+        cfg.device,
+        started.1
     );
     let client = Client {
         base,
@@ -318,6 +325,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
         };
         backoff = Duration::from_millis(100);
+        let first = !listed_once;
         listed_once = true;
         let revision = listed["revision"].as_u64().unwrap_or(0);
         hosts = serde_json::from_value::<Vec<Host>>(listed["hosts"].clone())
@@ -326,7 +334,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             .map(|h| (h.name.clone(), h))
             .collect();
         match reconcile(&overlay, &hosts).await {
-            Ok(_) => applied.store(revision, Ordering::Relaxed),
+            Ok(n) => {
+                if first {
+                    eprintln!(
+                        "berth agent: map of {} hosts at revision {revision} applied ({n} changes)",
+                        hosts.len()
+                    );
+                }
+                applied.store(revision, Ordering::Relaxed)
+            }
             Err(e) => eprintln!("berth agent: reconcile: {e}"),
         }
         let url = format!("{}/v1/watch?from={revision}", client.base);

@@ -191,6 +191,31 @@ impl Drop for Topology {
 }
 
 /// Polls `f` every 50 ms for up to `limit`.
+/// A child (a ping flood) killed by PID if the test fails before collecting it.
+struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    fn wait_output(mut self) -> std::process::Output {
+        let mut stdout = Vec::new();
+        if let Some(mut o) = self.0.stdout.take() {
+            let _ = std::io::Read::read_to_end(&mut o, &mut stdout);
+        }
+        let status = self.0.wait().unwrap();
+        std::process::Output {
+            status,
+            stdout,
+            stderr: Vec::new(),
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
@@ -315,17 +340,11 @@ fn e2e(backend: Backend) {
     let token = token.to_str().unwrap().to_string();
     let controller = format!("https://{listen}");
     let ca = ctl_dir.join("ca.crt").display().to_string();
-    let mut agents = Vec::new();
-    for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
-        let ip = t.addr(i as u8 + 2);
+    // Every agent of this test: the same flags, its own host's address and engine.
+    let agent_args = |t: &Topology, h: &str| -> Vec<String> {
+        let i: u8 = h[1..].parse().unwrap();
         let root = t.dir().join(format!("engine-{h}"));
-        std::fs::create_dir_all(&root).unwrap();
-        let (hf, er, err) = (
-            root.join("host.json").display().to_string(),
-            root.join("lib").display().to_string(),
-            root.join("run").display().to_string(),
-        );
-        let args = [
+        [
             "agent",
             "join",
             "--controller",
@@ -335,7 +354,7 @@ fn e2e(backend: Backend) {
             "--token-file",
             &token,
             "--underlay-ip",
-            &ip,
+            &t.addr(i + 1),
             "--name",
             h,
             "--heartbeat-ms",
@@ -343,13 +362,25 @@ fn e2e(backend: Backend) {
             "--resync-ms",
             "2000",
             "--host-file",
-            &hf,
+            &root.join("host.json").display().to_string(),
             "--engine-root",
-            &er,
+            &root.join("lib").display().to_string(),
             "--engine-runroot",
-            &err,
-        ];
-        agents.push(t.spawn(h, &args, &format!("{h}.log")));
+            &root.join("run").display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let spawn_agent = |t: &mut Topology, h: &str, log: &str| {
+        let args = agent_args(t, h);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        t.spawn(h, &args, log)
+    };
+    let mut agents = Vec::new();
+    for h in ["h1", "h2", "h3"] {
+        let root = t.dir().join(format!("engine-{h}"));
+        std::fs::create_dir_all(&root).unwrap();
+        agents.push(spawn_agent(&mut t, h, &format!("{h}.log")));
         t.engines.push((h.to_string(), root));
     }
     // Each host's block, from the controller.
@@ -484,6 +515,49 @@ fn e2e(backend: Backend) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    // h1's agent restarts (SIGKILL, then a new process, as after a crash or an
+    // upgrade): it finds everything right, changes nothing in the kernel, and a ping
+    // flood across it loses nothing.
+    let flood = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.ns("h2"),
+            "busybox",
+            "ping",
+            "-q",
+            "-c",
+            "60",
+        ])
+        .args(["-i", "0.05", "-W", "1", &vtep("h1")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let flood = KillOnDrop(flood);
+    std::thread::sleep(Duration::from_millis(500));
+    t.kill(agents[0]);
+    agents[0] = spawn_agent(&mut t, "h1", "h1b.log");
+    assert!(
+        eventually(Duration::from_secs(10), || t
+            .log("h1b.log")
+            .contains("hosts at revision")),
+        "restarted h1 agent did not apply the map: {}",
+        t.log("h1b.log")
+    );
+    let out = flood.wait_output();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("60 packets transmitted, 60 packets received"),
+        "traffic lost across h1's agent restart: {out}"
+    );
+    let log = t.log("h1b.log");
+    assert!(
+        log.contains("(0 changes to set it up)") && log.contains("applied (0 changes)"),
+        "the restarted agent reprogrammed the kernel: {log}"
+    );
+    assert!(!log.contains("kernel changes"), "{log}");
+
     // A removed container leaves the controller's map.
     let root2 = t.dir().join("engine-h2");
     assert!(t
@@ -516,36 +590,7 @@ fn e2e(backend: Backend) {
     assert_eq!(h3["state"], "down", "{hosts}");
     assert!(t.ping("h1", &vtep("h2")), "h1-h2 broke when h3 went down");
     // It comes back.
-    let ip3 = t.addr(4);
-    let root3 = t.dir().join("engine-h3");
-    let (hf3, er3, err3) = (
-        root3.join("host.json").display().to_string(),
-        root3.join("lib").display().to_string(),
-        root3.join("run").display().to_string(),
-    );
-    let args = [
-        "agent",
-        "join",
-        "--controller",
-        &controller,
-        "--ca-cert",
-        &ca,
-        "--token-file",
-        &token,
-        "--underlay-ip",
-        &ip3,
-        "--name",
-        "h3",
-        "--heartbeat-ms",
-        "300",
-        "--host-file",
-        &hf3,
-        "--engine-root",
-        &er3,
-        "--engine-runroot",
-        &err3,
-    ];
-    t.spawn("h3", &args, "h3b.log");
+    spawn_agent(&mut t, "h3", "h3b.log");
     assert!(
         eventually(Duration::from_secs(10), || t.ping("h1", &vtep("h3"))),
         "h3 not restored: {}",
