@@ -17,7 +17,7 @@ pub mod files;
 mod fsutil;
 pub mod ipam;
 pub mod link;
-mod netlink;
+pub mod netlink;
 pub mod nft;
 pub mod ports;
 pub mod store;

@@ -1,18 +1,25 @@
-//! A small synchronous rtnetlink client.
+//! A small synchronous rtnetlink client, shared with berth-cluster's overlay.
 //!
 //! Why not `rtnetlink`: it is async (tokio + futures) and each call would need a runtime,
-//! while every operation here is one request and one acknowledgement. A blocking
-//! `netlink-sys` socket with `netlink-packet-route` messages does the same in a few
-//! syscalls, keeps tokio out of the engine's link path, and makes "open the socket inside
-//! another network namespace" a plain thread + setns (see [`Netlink::open_in_netns`]).
+//! while every operation here is one request and one acknowledgement (or one dump). A
+//! blocking `netlink-sys` socket with `netlink-packet-route` messages does the same in a
+//! few syscalls, keeps tokio out of the engine's link path, and makes "open the socket
+//! inside another network namespace" a plain thread + setns (see
+//! [`Netlink::open_in_netns`]).
+//!
+//! The public part is the socket layer ([`Netlink::request`], [`Netlink::dump`], link
+//! lookups); errors are plain `io::Error`s (the kernel's answer is an errno), which each
+//! caller folds into its own error enum with what it was doing. The bridge and veth
+//! operations below are berth-net's own and stay crate-private.
 
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -26,7 +33,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 /// One rtnetlink socket, bound to the network namespace it was opened in.
-pub(crate) struct Netlink {
+pub struct Netlink {
     sock: Socket,
     seq: u32,
     buf: Vec<u8>,
@@ -44,6 +51,7 @@ pub(crate) struct VethSpec<'a> {
 }
 
 impl Netlink {
+    /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Netlink> {
         let mut sock = Socket::new(NETLINK_ROUTE)?;
         sock.bind_auto()?;
@@ -71,15 +79,85 @@ impl Netlink {
         })
     }
 
-    /// Sends one request and collects the replies until the kernel's acknowledgement.
-    fn request(
+    /// Bounds how long a reply may take: the kernel always answers, so a wait that runs
+    /// out means a bug (a request it does not acknowledge) and becomes an error instead
+    /// of a hung caller. Without it the socket waits as long as it takes.
+    pub fn set_reply_timeout(&self, timeout: Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: libc::time_t::try_from(timeout.as_secs())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            // Below a million: fits every suseconds_t.
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: setsockopt on our own socket with a correctly sized timeval.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sends one request (a change or a get) and collects the replies until the
+    /// kernel's acknowledgement. `flags` are added to NLM_F_REQUEST | NLM_F_ACK.
+    pub fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.exchange(msg, NLM_F_ACK | flags)
+    }
+
+    /// Asks for a dump (every object of `msg`'s kind) and collects it to its end.
+    pub fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        // A call of its own, not a flag of `request`: the flag bits overlap (NLM_F_EXCL
+        // is NLM_F_MATCH), so "is it a dump" cannot be read off the flags. A dump ends
+        // with NLMSG_DONE, so it needs no NLM_F_ACK.
+        self.exchange(msg, NLM_F_DUMP)
+    }
+
+    /// The link named `name`, or None if there is no such interface.
+    pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<LinkMessage>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.get_link(msg)
+    }
+
+    /// The link with index `index`, or None if there is no such interface.
+    pub fn link_by_index(&mut self, index: u32) -> io::Result<Option<LinkMessage>> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.get_link(msg)
+    }
+
+    fn get_link(&mut self, msg: LinkMessage) -> io::Result<Option<LinkMessage>> {
+        match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends one message with NLM_F_REQUEST | `flags` and collects the replies until the
+    /// acknowledgement or the end of a dump; an error answer becomes its errno.
+    fn exchange(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header.flags = NLM_F_REQUEST | flags;
         header.sequence_number = self.seq;
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
         packet.finalize();
@@ -119,23 +197,14 @@ impl Netlink {
     }
 
     /// The index of interface `name`, or None if there is no such interface.
-    pub fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
-            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
-                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
-                _ => None,
-            })),
-            Err(e) if e.raw_os_error() == Some(libc_enodev()) => Ok(None),
-            Err(e) => Err(e),
-        }
+    pub(crate) fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
+        Ok(self.link_by_name(name)?.map(|l| l.header.index))
     }
 
     /// Whether the interface can transmit: operationally up, and its queueing discipline
     /// attached (the kernel sets operstate slightly before it swaps the "noop" qdisc,
     /// which drops everything, for the real one).
-    pub fn is_transmitting(&mut self, index: u32) -> io::Result<bool> {
+    pub(crate) fn is_transmitting(&mut self, index: u32) -> io::Result<bool> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         let replies = self.request(RouteNetlinkMessage::GetLink(msg), 0)?;
@@ -157,7 +226,7 @@ impl Netlink {
 
     /// Creates a bridge with a fixed MAC; an existing interface of that name is left
     /// alone (Ok(false)).
-    pub fn create_bridge(&mut self, name: &str, mtu: u32, mac: [u8; 6]) -> io::Result<bool> {
+    pub(crate) fn create_bridge(&mut self, name: &str, mtu: u32, mac: [u8; 6]) -> io::Result<bool> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         msg.attributes.push(LinkAttribute::Mtu(mtu));
@@ -174,7 +243,7 @@ impl Netlink {
     }
 
     /// Sets the interface up, and its MTU if given.
-    pub fn set_up(&mut self, index: u32, mtu: Option<u32>) -> io::Result<()> {
+    pub(crate) fn set_up(&mut self, index: u32, mtu: Option<u32>) -> io::Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.header.flags = LinkFlags::Up;
@@ -187,7 +256,7 @@ impl Netlink {
 
     /// Adds `addr/prefix` (with its broadcast address) to the interface; replacing an
     /// identical address makes this idempotent.
-    pub fn add_address(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    pub(crate) fn add_address(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
         let mut msg = AddressMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.prefix_len = prefix;
@@ -206,7 +275,7 @@ impl Netlink {
     }
 
     /// Adds (or replaces) the default route via `gateway` out of interface `index`.
-    pub fn add_default_route(&mut self, index: u32, gateway: Ipv4Addr) -> io::Result<()> {
+    pub(crate) fn add_default_route(&mut self, index: u32, gateway: Ipv4Addr) -> io::Result<()> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
@@ -226,7 +295,7 @@ impl Netlink {
     /// Creates a veth pair in one request: the host end enslaved to the bridge and up,
     /// the peer created directly inside the container's namespace with its final name,
     /// MAC and MTU (so it never appears on the host and needs no rename).
-    pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> io::Result<()> {
+    pub(crate) fn create_veth(&mut self, spec: &VethSpec<'_>) -> io::Result<()> {
         let mut peer = LinkMessage::default();
         peer.attributes
             .push(LinkAttribute::IfName(spec.peer_name.to_string()));
@@ -253,18 +322,13 @@ impl Netlink {
     }
 
     /// Deletes interface `name`; Ok(false) if it did not exist.
-    pub fn delete_link(&mut self, name: &str) -> io::Result<bool> {
+    pub(crate) fn delete_link(&mut self, name: &str) -> io::Result<bool> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         match self.request(RouteNetlinkMessage::DelLink(msg), 0) {
             Ok(_) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc_enodev()) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
             Err(e) => Err(e),
         }
     }
-}
-
-/// ENODEV: the kernel's "no such interface".
-fn libc_enodev() -> i32 {
-    rustix::io::Errno::NODEV.raw_os_error()
 }

@@ -5,68 +5,20 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
 use common::*;
 
-struct Berth {
-    dir: tempfile::TempDir,
-}
-
+// common::Berth, with what these tests add.
 impl Berth {
     fn new() -> Option<Berth> {
         if !can_run() {
             return None;
         }
-        // The monitor is another package's binary: `cargo test -p berth` alone doesn't build it.
-        let monitor = berth_bin().with_file_name("berth-monitor");
-        assert!(
-            monitor.exists(),
-            "{} missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
-            monitor.display()
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("berth-engine-test-")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        Some(Berth { dir })
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("lib")
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(berth_bin());
         // These tests are about containers, not networks: no bridge on the host for them
         // (tests/network.rs has its own bridges, subnets and nftables tables).
-        c.env("BERTH_DEFAULT_NETWORK", "none");
-        c.arg("--root")
-            .arg(self.root())
-            .arg("--runroot")
-            .arg(self.dir.path().join("run"));
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        output_via_files(self.cmd().args(args))
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "berth {args:?}: {}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            String::from_utf8_lossy(&o.stdout)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        Some(Berth::with(
+            "berth-engine-test-",
+            &[("BERTH_DEFAULT_NETWORK", "none")],
+        ))
     }
 
     /// Imports a busybox rootfs as `busybox:test`.
@@ -74,15 +26,46 @@ impl Berth {
         let tar = busybox_tar(self.dir.path());
         self.ok(&["import", tar.to_str().unwrap(), "busybox:test"]);
     }
-}
 
-impl Drop for Berth {
-    fn drop(&mut self) {
-        let ids = self.run(&["ps", "-aq"]);
-        for id in String::from_utf8_lossy(&ids.stdout).lines() {
-            let _ = self.run(&["rm", "-f", id]);
+    /// `inspect` of one container: the JSON array berth prints.
+    fn inspect(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["inspect", name])).unwrap()
+    }
+
+    /// What a crash (or a power cut) does to a running container: its monitor and its
+    /// init killed with SIGKILL at once. Returns the init's pid and the container's id.
+    fn kill_monitor_and_init(&self, name: &str) -> (i32, String) {
+        let insp = self.inspect(name);
+        let pid = insp[0]["State"]["Pid"].as_i64().unwrap() as i32;
+        let id = insp[0]["Id"].as_str().unwrap().to_string();
+        let record = self
+            .root()
+            .join("containers")
+            .join(&id)
+            .join("container.json");
+        let rec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+        let monitor = rec["monitor_pid"].as_i64().unwrap() as i32;
+        for p in [monitor, pid] {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-        unmount_under(self.dir.path());
+        (pid, id)
+    }
+
+    /// Nothing is mounted under the test's directory any more.
+    fn assert_no_mounts(&self) {
+        let left = mounts_under(self.dir.path());
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// After `rm` of container `id`: no mount, no cgroup and no record of it left.
+    fn assert_removed(&self, id: &str) {
+        self.assert_no_mounts();
+        assert!(find_cgroup_dirs(id).is_empty(), "cgroup left behind");
+        assert!(!self.root().join("containers").join(id).exists());
     }
 }
 
@@ -100,11 +83,7 @@ fn run_rm_prints_and_leaves_nothing() {
     ]);
     assert_eq!(out, "hello\npid=1\n");
     assert_eq!(b.ok(&["ps", "-aq"]), "");
-    assert!(
-        mounts_under(b.dir.path()).is_empty(),
-        "{:?}",
-        mounts_under(b.dir.path())
-    );
+    b.assert_no_mounts();
 }
 
 #[test]
@@ -290,7 +269,7 @@ fn detached_lifecycle_logs_exec_stop_rm() {
     // rm of a running container needs -f.
     assert!(!b.run(&["rm", "web"]).status.success());
     b.ok(&["stop", "-t", "5", "web"]);
-    let insp: serde_json::Value = serde_json::from_str(&b.ok(&["inspect", "web"])).unwrap();
+    let insp = b.inspect("web");
     assert_eq!(insp[0]["State"]["Status"], "exited");
     assert_eq!(insp[0]["State"]["ExitCode"], 0);
     let logs = b.ok(&["logs", "web"]);
@@ -306,7 +285,7 @@ fn detached_lifecycle_logs_exec_stop_rm() {
     assert!(b.ok(&["inspect", "web"]).contains("\"running\""));
     b.ok(&["rm", "-f", "web"]);
     assert_eq!(b.ok(&["ps", "-aq"]), "");
-    assert!(mounts_under(b.dir.path()).is_empty());
+    b.assert_no_mounts();
 }
 
 #[test]
@@ -332,7 +311,7 @@ fn oom_kill_shows_as_137() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let insp: serde_json::Value = serde_json::from_str(&b.ok(&["inspect", "hog"])).unwrap();
+    let insp = b.inspect("hog");
     assert_eq!(insp[0]["State"]["OOMKilled"], true, "{insp}");
     b.ok(&["rm", "hog"]);
 }
@@ -369,31 +348,12 @@ fn crash_of_monitor_and_container_is_cleaned_by_rm() {
     let Some(b) = Berth::new() else { return };
     b.busybox();
     b.ok(&["run", "-d", "--name", "c", "busybox:test", "sleep", "30"]);
-    let insp: serde_json::Value = serde_json::from_str(&b.ok(&["inspect", "c"])).unwrap();
-    let pid = insp[0]["State"]["Pid"].as_i64().unwrap() as i32;
-    let id = insp[0]["Id"].as_str().unwrap().to_string();
-    let rec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(b.root().join("containers").join(&id).join("container.json")).unwrap(),
-    )
-    .unwrap();
-    let monitor = rec["monitor_pid"].as_i64().unwrap() as i32;
-    for p in [monitor, pid] {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    let (_, id) = b.kill_monitor_and_init("c");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let ps = b.ok(&["ps", "-a", "--format", "json"]);
     assert!(ps.contains("\"exited\""), "{ps}");
     b.ok(&["rm", "c"]);
-    assert!(
-        mounts_under(b.dir.path()).is_empty(),
-        "{:?}",
-        mounts_under(b.dir.path())
-    );
-    assert!(find_cgroup_dirs(&id).is_empty(), "cgroup left behind");
-    assert!(!b.root().join("containers").join(&id).exists());
+    b.assert_removed(&id);
 }
 
 #[test]
@@ -501,21 +461,8 @@ fn after_a_reboot_containers_show_exited_restart_and_rm_cleanly() {
         "-c",
         "echo up; sleep 30",
     ]);
-    let insp: serde_json::Value = serde_json::from_str(&b.ok(&["inspect", "r"])).unwrap();
-    let pid = insp[0]["State"]["Pid"].as_i64().unwrap() as i32;
-    let id = insp[0]["Id"].as_str().unwrap().to_string();
-    let rec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(b.root().join("containers").join(&id).join("container.json")).unwrap(),
-    )
-    .unwrap();
-    let monitor = rec["monitor_pid"].as_i64().unwrap() as i32;
     // "Power off": everything dies at once, then what doesn't survive a reboot goes.
-    for p in [monitor, pid] {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    let (pid, id) = b.kill_monitor_and_init("r");
     let gone = (0..200).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(10));
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -535,9 +482,7 @@ fn after_a_reboot_containers_show_exited_restart_and_rm_cleanly() {
     });
     assert!(logs.is_some(), "restarted container did not run again");
     b.ok(&["rm", "-f", "r"]);
-    assert!(mounts_under(b.dir.path()).is_empty());
-    assert!(find_cgroup_dirs(&id).is_empty(), "cgroup left behind");
-    assert!(!b.root().join("containers").join(&id).exists());
+    b.assert_removed(&id);
 }
 
 /// Where layers can't be idmapped, each container gets a chowned copy: inside, files are
@@ -575,7 +520,7 @@ fn chowned_copy_fallback_when_layers_cannot_be_idmapped() {
         .parse()
         .unwrap();
     assert_ne!(base, 0, "{out}");
-    let insp: serde_json::Value = serde_json::from_str(&b.ok(&["inspect", "cc"])).unwrap();
+    let insp = b.inspect("cc");
     let id = insp[0]["Id"].as_str().unwrap();
     let copy = b
         .root()
@@ -589,5 +534,5 @@ fn chowned_copy_fallback_when_layers_cannot_be_idmapped() {
     b.ok(&["start", "cc"]);
     assert_eq!(b.ok(&["exec", "cc", "ls", "/root"]).trim(), "x");
     b.ok(&["rm", "-f", "cc"]);
-    assert!(mounts_under(b.dir.path()).is_empty());
+    b.assert_no_mounts();
 }

@@ -9,8 +9,8 @@ mod common;
 mod registry;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 
 use common::*;
 use registry::Registry;
@@ -18,59 +18,12 @@ use registry::Registry;
 const USER: &str = "berth-user";
 const PASS: &str = "s3cret-Pass";
 
-struct Berth {
-    dir: tempfile::TempDir,
-}
-
 impl Berth {
     fn new() -> Option<Berth> {
         if !can_run() || !Registry::available() {
             return None;
         }
-        let monitor = berth_bin().with_file_name("berth-monitor");
-        assert!(
-            monitor.exists(),
-            "{} missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
-            monitor.display()
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("berth-pull-test-")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        Some(Berth { dir })
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("lib")
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(berth_bin());
-        c.arg("--root")
-            .arg(self.root())
-            .arg("--runroot")
-            .arg(self.dir.path().join("run"));
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        output_via_files(self.cmd().args(args))
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "berth {args:?}: {}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            String::from_utf8_lossy(&o.stdout)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        Some(Berth::with("berth-pull-test-", &[]))
     }
 
     /// Runs a command that must fail with the engine's exit code (125); returns stderr.
@@ -122,16 +75,6 @@ impl Berth {
             .lines()
             .map(|l| serde_json::from_str(l).expect("images --format json line"))
             .collect()
-    }
-}
-
-impl Drop for Berth {
-    fn drop(&mut self) {
-        let ids = self.run(&["ps", "-aq"]);
-        for id in String::from_utf8_lossy(&ids.stdout).lines() {
-            let _ = self.run(&["rm", "-f", id]);
-        }
-        unmount_under(self.dir.path());
     }
 }
 

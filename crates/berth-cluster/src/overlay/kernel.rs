@@ -19,7 +19,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::netlink::{Netlink, ENOENT, ESRCH};
+use super::netlink::{self, Netlink, ENOENT, ESRCH};
 use super::plan::{Actual, FdbEntry, NeighEntry, Op, RouteEntry};
 use super::vxlan::Vtep;
 
@@ -66,7 +66,7 @@ fn is_permanent(n: &NeighbourMessage) -> bool {
 
 /// Our entries on the device, as the kernel has them now.
 pub fn read_actual(vtep: &Vtep) -> Result<Actual, KernelError> {
-    let mut nl_ = Netlink::open().map_err(nl("opening a netlink socket"))?;
+    let mut nl_ = netlink::open().map_err(nl("opening a netlink socket"))?;
     read_actual_with(&mut nl_, vtep)
 }
 
@@ -74,8 +74,7 @@ pub(crate) fn read_actual_with(nl_: &mut Netlink, vtep: &Vtep) -> Result<Actual,
     let dev = &vtep.name;
     let mut actual = Actual::default();
 
-    for n in nl_
-        .neighbours(AddressFamily::Inet)
+    for n in netlink::neighbours(nl_, AddressFamily::Inet)
         .map_err(nl(format!("listing neighbours of {dev}")))?
     {
         if n.header.ifindex != vtep.ifindex || !is_permanent(&n) {
@@ -94,8 +93,7 @@ pub(crate) fn read_actual_with(nl_: &mut Netlink, vtep: &Vtep) -> Result<Actual,
         }
     }
 
-    for n in nl_
-        .neighbours(AddressFamily::Bridge)
+    for n in netlink::neighbours(nl_, AddressFamily::Bridge)
         .map_err(nl(format!("listing fdb entries of {dev}")))?
     {
         if n.header.ifindex != vtep.ifindex || !is_permanent(&n) {
@@ -120,10 +118,7 @@ pub(crate) fn read_actual_with(nl_: &mut Netlink, vtep: &Vtep) -> Result<Actual,
         }
     }
 
-    for r in nl_
-        .routes()
-        .map_err(nl(format!("listing routes of {dev}")))?
-    {
+    for r in netlink::routes(nl_).map_err(nl(format!("listing routes of {dev}")))? {
         if u8::from(r.header.protocol) != ROUTE_PROTOCOL
             || route_table(&r) != RouteHeader::RT_TABLE_MAIN as u32
         {
@@ -226,15 +221,15 @@ fn apply_one(nl_: &mut Netlink, vtep: &Vtep, op: &Op) -> io::Result<()> {
     let gone = |e: &io::Error| matches!(e.raw_os_error(), Some(ENOENT) | Some(ESRCH));
     let put = NLM_F_CREATE | NLM_F_REPLACE;
     let res = match op {
-        Op::PutNeigh(n) => nl_.change(RouteNetlinkMessage::NewNeighbour(neigh_msg(vtep, n)), put),
-        Op::DelNeigh(n) => nl_.change(RouteNetlinkMessage::DelNeighbour(neigh_msg(vtep, n)), 0),
-        Op::PutFdb(e) => nl_.change(RouteNetlinkMessage::NewNeighbour(fdb_msg(vtep, e)), put),
-        Op::DelFdb(e) => nl_.change(RouteNetlinkMessage::DelNeighbour(fdb_msg(vtep, e)), 0),
-        Op::PutRoute { dst, via } => nl_.change(
+        Op::PutNeigh(n) => nl_.request(RouteNetlinkMessage::NewNeighbour(neigh_msg(vtep, n)), put),
+        Op::DelNeigh(n) => nl_.request(RouteNetlinkMessage::DelNeighbour(neigh_msg(vtep, n)), 0),
+        Op::PutFdb(e) => nl_.request(RouteNetlinkMessage::NewNeighbour(fdb_msg(vtep, e)), put),
+        Op::DelFdb(e) => nl_.request(RouteNetlinkMessage::DelNeighbour(fdb_msg(vtep, e)), 0),
+        Op::PutRoute { dst, via } => nl_.request(
             RouteNetlinkMessage::NewRoute(route_msg(vtep, *dst, *via)),
             put,
         ),
-        Op::DelRoute { dst, via } => nl_.change(
+        Op::DelRoute { dst, via } => nl_.request(
             RouteNetlinkMessage::DelRoute(route_msg(vtep, *dst, *via)),
             0,
         ),
@@ -245,7 +240,7 @@ fn apply_one(nl_: &mut Netlink, vtep: &Vtep, op: &Op) -> io::Result<()> {
         {
             Ok(())
         }
-        other => other,
+        other => other.map(drop),
     }
 }
 
@@ -256,7 +251,7 @@ pub fn apply(vtep: &Vtep, ops: &[Op]) -> Result<usize, KernelError> {
     if ops.is_empty() {
         return Ok(0);
     }
-    let mut nl_ = Netlink::open().map_err(nl("opening a netlink socket"))?;
+    let mut nl_ = netlink::open().map_err(nl("opening a netlink socket"))?;
     apply_with(&mut nl_, vtep, ops)
 }
 

@@ -19,7 +19,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::config::{vtep_mac, OverlayConfig, TxChecksum, VXLAN_OVERHEAD};
 use super::ethtool;
-use super::netlink::{Netlink, ENODEV};
+use super::netlink::{self, Netlink, ENODEV};
 
 /// Our VXLAN device as it is in the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,8 +77,7 @@ fn find_underlay(nl_: &mut Netlink, cfg: &OverlayConfig) -> Result<Underlay, Dev
         None => {
             // The interface that carries our underlay address: the one the outer packets
             // leave from (a route lookup of our own address would answer "lo").
-            let addrs = nl_
-                .addresses()
+            let addrs = netlink::addresses(nl_)
                 .map_err(nl("listing addresses to find the underlay interface"))?;
             let index = addrs
                 .iter()
@@ -173,7 +172,7 @@ pub fn ensure_device(cfg: &OverlayConfig) -> Result<Vtep, super::OverlayError> {
 /// [`ensure_device`], also saying how many changes it made (0 when all was right).
 pub fn ensure_device_counted(cfg: &OverlayConfig) -> Result<(Vtep, usize), super::OverlayError> {
     cfg.validate()?;
-    let mut nl_ = Netlink::open().map_err(nl("opening a netlink socket"))?;
+    let mut nl_ = netlink::open().map_err(nl("opening a netlink socket"))?;
     let under = find_underlay(&mut nl_, cfg)?;
     let mtu = match cfg.mtu {
         Some(m) => m,
@@ -219,7 +218,7 @@ pub fn ensure_device_counted(cfg: &OverlayConfig) -> Result<(Vtep, usize), super
                 LinkInfo::Kind(InfoKind::Vxlan),
                 LinkInfo::Data(InfoData::Vxlan(want)),
             ]));
-            nl_.change(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            nl_.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
                 .map_err(nl(format!(
                     "creating vxlan device {dev} (vni {}, port {}, local {} on {})",
                     cfg.vni, cfg.port, cfg.underlay_ip, under.name
@@ -245,7 +244,7 @@ pub fn ensure_device_counted(cfg: &OverlayConfig) -> Result<(Vtep, usize), super
         set.attributes.push(LinkAttribute::Address(mac.to_vec()));
     }
     if !set.attributes.is_empty() {
-        nl_.change(RouteNetlinkMessage::SetLink(set), 0)
+        nl_.request(RouteNetlinkMessage::SetLink(set), 0)
             .map_err(nl(format!(
                 "setting mtu {mtu} and mac of vxlan device {dev}"
             )))?;
@@ -267,7 +266,7 @@ pub fn ensure_device_counted(cfg: &OverlayConfig) -> Result<(Vtep, usize), super
         up.header.index = ifindex;
         up.header.flags = LinkFlags::Up;
         up.header.change_mask = LinkFlags::Up;
-        nl_.change(RouteNetlinkMessage::SetLink(up), 0)
+        nl_.request(RouteNetlinkMessage::SetLink(up), 0)
             .map_err(nl(format!("setting vxlan device {dev} up")))?;
         changes += 1;
     }
@@ -293,9 +292,8 @@ fn ensure_address(
 ) -> Result<usize, DeviceError> {
     let dev = &cfg.device;
     let want = cfg.device_addr();
-    let addrs = nl_
-        .addresses()
-        .map_err(nl(format!("listing addresses of vxlan device {dev}")))?;
+    let addrs =
+        netlink::addresses(nl_).map_err(nl(format!("listing addresses of vxlan device {dev}")))?;
     let mut has_want = false;
     let mut changes = 0;
     for a in addrs.into_iter().filter(|a| a.header.index == ifindex) {
@@ -309,7 +307,7 @@ fn ensure_address(
         }
         // A left-over address of an earlier block.
         let what = format!("deleting stale address {local:?} from vxlan device {dev}");
-        nl_.change(RouteNetlinkMessage::DelAddress(a), 0)
+        nl_.request(RouteNetlinkMessage::DelAddress(a), 0)
             .map_err(nl(what))?;
         changes += 1;
     }
@@ -320,7 +318,7 @@ fn ensure_address(
         msg.header.index = ifindex;
         msg.attributes.push(AddressAttribute::Local(want.into()));
         msg.attributes.push(AddressAttribute::Address(want.into()));
-        nl_.change(
+        nl_.request(
             RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_REPLACE,
         )
@@ -335,8 +333,8 @@ fn ensure_address(
 fn delete_index(nl_: &mut Netlink, index: u32, dev: &str) -> Result<(), DeviceError> {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
-    match nl_.change(RouteNetlinkMessage::DelLink(msg), 0) {
-        Ok(()) => Ok(()),
+    match nl_.request(RouteNetlinkMessage::DelLink(msg), 0) {
+        Ok(_) => Ok(()),
         Err(e) if e.raw_os_error() == Some(ENODEV) => Ok(()),
         Err(e) => Err(nl(format!("deleting vxlan device {dev}"))(e)),
     }
@@ -345,7 +343,7 @@ fn delete_index(nl_: &mut Netlink, index: u32, dev: &str) -> Result<(), DeviceEr
 /// Deletes the device (and with it every FDB, neighbour and route entry on it); Ok(false)
 /// if it did not exist. A device of that name that is not vxlan is left alone.
 pub fn delete_device(device: &str) -> Result<bool, super::OverlayError> {
-    let mut nl_ = Netlink::open().map_err(nl("opening a netlink socket"))?;
+    let mut nl_ = netlink::open().map_err(nl("opening a netlink socket"))?;
     let Some(link) = nl_
         .link_by_name(device)
         .map_err(nl(format!("looking up vxlan device {device}")))?
@@ -361,7 +359,7 @@ pub fn delete_device(device: &str) -> Result<bool, super::OverlayError> {
 
 /// The device as it is now, without changing anything; None if it does not exist.
 pub fn find_device(cfg: &OverlayConfig) -> Result<Option<Vtep>, super::OverlayError> {
-    let mut nl_ = Netlink::open().map_err(nl("opening a netlink socket"))?;
+    let mut nl_ = netlink::open().map_err(nl("opening a netlink socket"))?;
     let Some(link) = nl_
         .link_by_name(&cfg.device)
         .map_err(nl(format!("looking up vxlan device {}", cfg.device)))?

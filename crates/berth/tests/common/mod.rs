@@ -314,6 +314,75 @@ pub fn output_via_files(cmd: &mut Command) -> Output {
     }
 }
 
+/// A berth of one test's own, driven as users do: private --root and --runroot under a
+/// tempdir (mode 0755, so an unprivileged container root can traverse it). On drop it
+/// removes every container and detaches what is still mounted under it, also when an
+/// assertion failed. Test files add their own helpers in `impl Berth` blocks.
+pub struct Berth {
+    pub dir: tempfile::TempDir,
+    /// Set on every command.
+    env: Vec<(&'static str, &'static str)>,
+}
+
+impl Berth {
+    /// `prefix` names the tempdir; `env` goes to every command.
+    pub fn with(prefix: &str, env: &[(&'static str, &'static str)]) -> Berth {
+        // The monitor is another package's binary: `cargo test -p berth` alone doesn't build it.
+        let monitor = berth_bin().with_file_name("berth-monitor");
+        assert!(
+            monitor.exists(),
+            "{} missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
+            monitor.display()
+        );
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Berth {
+            dir,
+            env: env.to_vec(),
+        }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("lib")
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(berth_bin());
+        c.envs(self.env.iter().copied())
+            .arg("--root")
+            .arg(self.root())
+            .arg("--runroot")
+            .arg(self.dir.path().join("run"));
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        output_via_files(self.cmd().args(args))
+    }
+
+    /// Runs and asserts success, returning stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "berth {args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let ids = self.run(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).lines() {
+            let _ = self.run(&["rm", "-f", id]);
+        }
+        unmount_under(self.dir.path());
+    }
+}
+
 /// A busybox rootfs as a tarball under `dir` (for `import`), the rootfs itself removed.
 pub fn busybox_tar(dir: &Path) -> PathBuf {
     let rootfs = dir.join("image-rootfs");
