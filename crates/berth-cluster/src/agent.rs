@@ -38,6 +38,8 @@ pub enum AgentError {
     Overlay(#[from] OverlayError),
     #[error("overlay task: {0}")]
     Task(String),
+    #[error(transparent)]
+    Notify(#[from] crate::agent_notify::NotifyError),
     #[error("writing the cluster host file {path}: {source}")]
     HostFile {
         path: PathBuf,
@@ -205,6 +207,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .lock()
         .map(|o| o.vtep().mtu)
         .map_err(|_| AgentError::Task("overlay lock poisoned".into()))?;
+    // Bound before the host file names it, so no engine finds a path nobody listens on.
+    let notes = crate::agent_notify::Notifications::bind(&crate::agent_notify::socket_path(
+        &cfg.host_file,
+    ))?;
     write_host_file(
         &cfg.host_file,
         &berth_engine::network::ClusterHost {
@@ -212,10 +218,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             block,
             cidr: joined.cluster.cidr,
             mtu,
+            notify: Some(notes.path().to_path_buf()),
         },
     )?;
 
-    // Local containers on the cluster network, reported to the controller.
+    // Local containers on the cluster network, reported to the controller at once when
+    // the engine says one started or went, and every --report-ms whatever it says.
     {
         let client = Client {
             base: client.base.clone(),
@@ -223,11 +231,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         };
         let (cred, cfg) = (cred.clone(), cfg.clone());
         tokio::spawn(async move {
+            let mut schedule = crate::agent_notify::Schedule::new(cfg.report_every, Some(notes));
+            let mut known = None;
             loop {
-                if let Err(e) = report_containers(&client, &cred, &cfg).await {
+                if schedule.next().await == crate::agent_notify::Trigger::Periodic {
+                    known = None;
+                }
+                if let Err(e) = report_containers(&client, &cred, &cfg, &mut known).await {
                     eprintln!("berth agent: reporting containers: {e}");
                 }
-                tokio::time::sleep(cfg.report_every).await;
             }
         });
     }
@@ -395,25 +407,42 @@ fn local_containers(cfg: &AgentConfig) -> BTreeMap<String, (Ipv4Addr, String)> {
         .collect()
 }
 
+/// The controller's containers of this host, as of the last report: id → record.
+type Known = BTreeMap<String, crate::model::Container>;
+
 /// Level-triggered: what the controller has for this host is made equal to what runs
 /// here (creates for new containers, deletes for removed ones, both for moved ones).
-async fn report_containers(client: &Client, cred: &str, cfg: &AgentConfig) -> Result<()> {
+/// `known` is the controller's side as the last report left it; None means list it
+/// afresh (periodic reports, and after any error). A notified report diffs against it
+/// and so costs one request per change instead of a listing of the whole cluster first.
+async fn report_containers(
+    client: &Client,
+    cred: &str,
+    cfg: &AgentConfig,
+    known: &mut Option<Known>,
+) -> Result<()> {
     let local = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || local_containers(&cfg))
             .await
             .map_err(|e| AgentError::Task(e.to_string()))?
     };
-    let listed: serde_json::Value = client
-        .call(reqwest::Method::GET, "/v1/containers", cred, None)
-        .await?;
-    let remote: BTreeMap<String, crate::model::Container> =
-        serde_json::from_value::<Vec<crate::model::Container>>(listed["containers"].clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| c.host == cfg.name)
-            .map(|c| (c.id.clone(), c))
-            .collect();
+    let remote = match known.take() {
+        Some(k) => k,
+        None => {
+            let listed: serde_json::Value = client
+                .call(reqwest::Method::GET, "/v1/containers", cred, None)
+                .await?;
+            serde_json::from_value::<Vec<crate::model::Container>>(listed["containers"].clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.host == cfg.name)
+                .map(|c| (c.id.clone(), c))
+                .collect()
+        }
+    };
+    // Updated as requests succeed; an error leaves `known` None, so the next report lists.
+    let mut now = remote.clone();
     for (id, c) in &remote {
         if local.get(id).is_none_or(|(addr, _)| *addr != c.addr) {
             client
@@ -424,19 +453,28 @@ async fn report_containers(client: &Client, cred: &str, cfg: &AgentConfig) -> Re
                     None,
                 )
                 .await?;
+            now.remove(id);
         }
     }
     for (id, (addr, name)) in &local {
         if remote.get(id).is_none_or(|c| c.addr != *addr) {
+            let c = crate::model::Container {
+                id: id.clone(),
+                host: cfg.name.clone(),
+                addr: *addr,
+                name: name.clone(),
+            };
             client
                 .call::<serde_json::Value>(
                     reqwest::Method::PUT,
                     &format!("/v1/containers/{id}"),
                     cred,
-                    Some(serde_json::json!({"host": cfg.name, "addr": addr, "name": name})),
+                    Some(serde_json::json!({"host": c.host, "addr": c.addr, "name": c.name})),
                 )
                 .await?;
+            now.insert(id.clone(), c);
         }
     }
+    *known = Some(now);
     Ok(())
 }
