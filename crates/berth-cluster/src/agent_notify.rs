@@ -104,12 +104,14 @@ impl Drop for Notifications {
     }
 }
 
-/// When to report: at once, then every `period`, and whenever a notification arrives
-/// (the period restarts after each report).
+/// When to report: at once, then every `period`, and whenever a notification arrives.
+/// Notified reports don't postpone the periodic one: under constant churn the full,
+/// freshly listed report still comes every period.
 pub struct Schedule {
     period: Duration,
     notes: Option<Notifications>,
-    started: bool,
+    /// When the next periodic report is due; None before the first report.
+    due: Option<tokio::time::Instant>,
 }
 
 impl Schedule {
@@ -117,26 +119,30 @@ impl Schedule {
         Schedule {
             period,
             notes,
-            started: false,
+            due: None,
         }
     }
 
     /// Waits until the next report is due and says why.
     pub async fn next(&mut self) -> Trigger {
-        if !self.started {
-            self.started = true;
+        let Some(due) = self.due else {
+            self.due = Some(tokio::time::Instant::now() + self.period);
             return Trigger::Periodic;
-        }
-        match &self.notes {
+        };
+        let trigger = match &self.notes {
             Some(n) => tokio::select! {
-                _ = tokio::time::sleep(self.period) => Trigger::Periodic,
+                _ = tokio::time::sleep_until(due) => Trigger::Periodic,
                 _ = n.next() => Trigger::Notified,
             },
             None => {
-                tokio::time::sleep(self.period).await;
+                tokio::time::sleep_until(due).await;
                 Trigger::Periodic
             }
+        };
+        if trigger == Trigger::Periodic {
+            self.due = Some(tokio::time::Instant::now() + self.period);
         }
+        trigger
     }
 }
 
@@ -210,6 +216,28 @@ mod tests {
         );
         // Three datagrams sent back to back: at most three reports, usually one.
         assert!(seen.len() <= 4, "{seen:?}");
+    }
+
+    /// Notifications arriving faster than the period don't starve the periodic report.
+    #[tokio::test]
+    async fn the_period_holds_under_constant_notifications() {
+        let dir = tempfile::tempdir().unwrap();
+        let notes = Notifications::bind(&dir.path().join("n.sock")).unwrap();
+        let path = notes.path().to_path_buf();
+        let mut sched = Schedule::new(Duration::from_millis(200), Some(notes));
+        assert_eq!(sched.next().await, Trigger::Periodic);
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let end = Instant::now() + Duration::from_secs(3);
+        let mut periodic = 0;
+        // Bounded by the 3 s deadline: a datagram every 20 ms, well inside the period.
+        while Instant::now() < end && periodic < 2 {
+            sender.send_to(b"started x", &path).unwrap();
+            if sched.next().await == Trigger::Periodic {
+                periodic += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(periodic, 2, "the periodic report never came under churn");
     }
 
     #[tokio::test]
