@@ -44,6 +44,8 @@ pub enum AgentError {
     Pki(#[from] crate::controller::pki::PkiError),
     #[error(transparent)]
     Blocks(#[from] crate::blocks::BlocksError),
+    #[error(transparent)]
+    Notify(#[from] crate::agent_notify::NotifyError),
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
@@ -237,12 +239,17 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .lock()
         .map(|o| o.vtep().mtu)
         .map_err(|_| AgentError::Task("overlay lock poisoned".into()))?;
+    // Bound before the host file names it, so no engine finds a path nobody listens on.
+    let notes = crate::agent_notify::Notifications::bind(&crate::agent_notify::socket_path(
+        &cfg.host_file,
+    ))?;
     // Every block the host has (a re-joined host keeps those it had), for the engine.
     let host = berth_engine::network::ClusterHost {
         name: cfg.name.clone(),
         blocks: joined.host.blocks.clone(),
         cidr: joined.cluster.cidr,
         mtu,
+        notify: Some(notes.path().to_path_buf()),
     };
     {
         let (cfg, host) = (cfg.clone(), host.clone());
@@ -259,15 +266,20 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         tokio::spawn(async move { grow_blocks(&client, &cfg, host).await });
     }
 
-    // Local containers on the cluster network, reported to the controller.
+    // Local containers on the cluster network, reported to the controller at once when
+    // the engine says one started or went, and every --report-ms whatever it says.
     {
         let (client, cfg) = (client.clone(), cfg.clone());
         tokio::spawn(async move {
+            let mut schedule = crate::agent_notify::Schedule::new(cfg.report_every, Some(notes));
+            let mut known = None;
             loop {
-                if let Err(e) = report_containers(&client, &cfg).await {
+                if schedule.next().await == crate::agent_notify::Trigger::Periodic {
+                    known = None;
+                }
+                if let Err(e) = report_containers(&client, &cfg, &mut known).await {
                     eprintln!("berth agent: reporting containers: {e}");
                 }
-                tokio::time::sleep(cfg.report_every).await;
             }
         });
     }
@@ -529,25 +541,41 @@ fn local_containers(cfg: &AgentConfig) -> BTreeMap<String, (Ipv4Addr, String)> {
         .collect()
 }
 
+/// The controller's containers of this host, as of the last report: id → record.
+type Known = BTreeMap<String, crate::model::Container>;
+
 /// Level-triggered: what the controller has for this host is made equal to what runs
 /// here (creates for new containers, deletes for removed ones, both for moved ones).
-async fn report_containers(client: &Client, cfg: &AgentConfig) -> Result<()> {
+/// `known` is the controller's side as the last report left it; None means list it
+/// afresh (periodic reports, and after any error). A notified report diffs against it
+/// and so costs one request per change instead of a listing of the whole cluster first.
+async fn report_containers(
+    client: &Client,
+    cfg: &AgentConfig,
+    known: &mut Option<Known>,
+) -> Result<()> {
     let local = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || local_containers(&cfg))
             .await
             .map_err(|e| AgentError::Task(e.to_string()))?
     };
-    let listed: serde_json::Value = client
-        .call(reqwest::Method::GET, "/v1/containers", None, None)
-        .await?;
-    let remote: BTreeMap<String, crate::model::Container> =
-        serde_json::from_value::<Vec<crate::model::Container>>(listed["containers"].clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| c.host == cfg.name)
-            .map(|c| (c.id.clone(), c))
-            .collect();
+    let remote = match known.take() {
+        Some(k) => k,
+        None => {
+            let listed: serde_json::Value = client
+                .call(reqwest::Method::GET, "/v1/containers", None, None)
+                .await?;
+            serde_json::from_value::<Vec<crate::model::Container>>(listed["containers"].clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.host == cfg.name)
+                .map(|c| (c.id.clone(), c))
+                .collect()
+        }
+    };
+    // Updated as requests succeed; an error leaves `known` None, so the next report lists.
+    let mut now = remote.clone();
     for (id, c) in &remote {
         if local.get(id).is_none_or(|(addr, _)| *addr != c.addr) {
             client
@@ -558,19 +586,28 @@ async fn report_containers(client: &Client, cfg: &AgentConfig) -> Result<()> {
                     None,
                 )
                 .await?;
+            now.remove(id);
         }
     }
     for (id, (addr, name)) in &local {
         if remote.get(id).is_none_or(|c| c.addr != *addr) {
+            let c = crate::model::Container {
+                id: id.clone(),
+                host: cfg.name.clone(),
+                addr: *addr,
+                name: name.clone(),
+            };
             client
                 .call::<serde_json::Value>(
                     reqwest::Method::PUT,
                     &format!("/v1/containers/{id}"),
                     None,
-                    Some(serde_json::json!({"host": cfg.name, "addr": addr, "name": name})),
+                    Some(serde_json::json!({"host": c.host, "addr": c.addr, "name": c.name})),
                 )
                 .await?;
+            now.insert(id.clone(), c);
         }
     }
+    *known = Some(now);
     Ok(())
 }

@@ -180,6 +180,7 @@ mod tests {
             blocks: vec![net("10.244.0.0/29")],
             cidr: net("10.244.0.0/16"),
             mtu: 1450,
+            notify: None,
         };
         write_host_file(&p, &h).unwrap();
         h.blocks.push(net("10.244.0.16/29"));

@@ -930,6 +930,137 @@ fn a_filling_host_gets_a_second_block_and_its_containers_there_are_reached() {
     );
 }
 
+/// The engine tells the agent when a cluster-network container starts or goes: with a
+/// report period of a minute, the container still reaches the controller (and leaves it)
+/// within a few seconds, which only the notification can explain.
+#[test]
+fn the_engines_notification_reports_a_container_without_waiting_for_the_period() {
+    let _serial = serial();
+    let Some(mut t) = Topology::new("bn") else {
+        return;
+    };
+    t.build(&["ctl", "h1"]);
+    let ctl_dir: PathBuf = t.dir().join("ctl");
+    let ctl = ctl_dir.to_str().unwrap().to_string();
+    let o = Command::new(BIN)
+        .args([
+            "controller",
+            "init",
+            "--dir",
+            &ctl,
+            "--cidr",
+            "10.244.0.0/16",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listen = format!("{}:7480", t.addr(1));
+    t.spawn(
+        "ctl",
+        &["controller", "serve", "--dir", &ctl, "--listen", &listen],
+        "ctl.log",
+    );
+    let root = t.dir().join("engine-h1");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ca = ctl_dir.join("ca.crt").display().to_string();
+    let (token, controller, ip) = (
+        ctl_dir.join("join.token").display().to_string(),
+        format!("https://{listen}"),
+        t.addr(2),
+    );
+    let (hf, er, err) = (
+        root.join("host.json").display().to_string(),
+        root.join("lib").display().to_string(),
+        root.join("run").display().to_string(),
+    );
+    t.spawn(
+        "h1",
+        &[
+            "agent",
+            "join",
+            "--controller",
+            &controller,
+            "--ca-cert",
+            &ca,
+            "--token-file",
+            &token,
+            "--underlay-ip",
+            &ip,
+            "--name",
+            "h1",
+            "--host-file",
+            &hf,
+            "--engine-root",
+            &er,
+            "--engine-runroot",
+            &err,
+            "--report-ms",
+            "60000",
+        ],
+        "h1.log",
+    );
+    t.engines.push(("h1".to_string(), root.clone()));
+    assert!(
+        eventually(Duration::from_secs(20), || root.join("host.json").exists()),
+        "the agent wrote no host file: {}\n{}",
+        t.log("h1.log"),
+        t.log("ctl.log")
+    );
+    let host: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("host.json")).unwrap()).unwrap();
+    let sock = PathBuf::from(
+        host["notify"]
+            .as_str()
+            .expect("no notify socket in the host file"),
+    );
+    assert!(sock.exists(), "{host}");
+
+    let image = busybox_tar(t.dir());
+    let o = t.berth(
+        "h1",
+        &root,
+        &["import", image.to_str().unwrap(), "busybox:c"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = [
+        "run",
+        "-d",
+        "--name",
+        "quick",
+        "--network",
+        "cluster",
+        "--dns",
+        "127.0.0.1",
+        "busybox:c",
+        "sleep",
+        "60",
+    ];
+    let o = t.berth("h1", &root, &run);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ran = Instant::now();
+    let count = |t: &Topology| {
+        admin_get(t, &ctl_dir, "containers")
+            .as_array()
+            .map(|a| a.iter().filter(|c| c["name"] == "quick").count())
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || count(&t) == Some(1)),
+        "the container was not reported within 5 s (period 60 s): {}",
+        t.log("h1.log")
+    );
+    eprintln!("reported {:?} after `run -d` returned", ran.elapsed());
+    assert!(t
+        .berth("h1", &root, &["rm", "-f", "quick"])
+        .status
+        .success());
+    assert!(
+        eventually(Duration::from_secs(5), || count(&t) == Some(0)),
+        "the removed container stayed on the controller for 5 s: {}",
+        t.log("h1.log")
+    );
+}
+
 /// A busybox rootfs tarball under `dir` (for `berth import`).
 fn busybox_tar(dir: &Path) -> PathBuf {
     let rootfs = dir.join("rootfs");

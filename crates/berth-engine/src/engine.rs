@@ -414,6 +414,7 @@ impl Engine {
             }
             rec = fresh;
         }
+        notify_if_cluster(&rec, network::ClusterEvent::Started);
         Ok(rec)
     }
 
@@ -547,6 +548,7 @@ impl Engine {
             self.wait_exit(&rec, Duration::from_secs(10));
         }
         self.remove_everything(&rec.id)?;
+        notify_if_cluster(&rec, network::ClusterEvent::Removed);
         Ok(rec.name)
     }
 
@@ -771,6 +773,16 @@ fn oom_file(id: &str) -> Option<PathBuf> {
         .iter()
         .find(|d| d.has("memory"))
         .map(|d| d.dir.join("memory.oom_control"))
+}
+
+/// The cluster agent reports a container as soon as it starts or goes (see
+/// [`network::notify_cluster_agent`]); other networks have nobody to tell.
+fn notify_if_cluster(rec: &ContainerRecord, event: network::ClusterEvent) {
+    if ContainerNet::from_record(&rec.extra).is_some_and(|c| c.network == network::CLUSTER_NETWORK)
+    {
+        network::notify_cluster_agent(event, &rec.id);
+        berth_runtime::debug::step(|| format!("engine: cluster agent told {}", event.as_str()));
+    }
 }
 
 fn cgroups_path(id: &str) -> String {

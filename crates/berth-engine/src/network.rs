@@ -192,6 +192,52 @@ pub struct ClusterHost {
     pub blocks: Vec<ipnet::Ipv4Net>,
     pub cidr: ipnet::Ipv4Net,
     pub mtu: u32,
+    /// The agent's unix datagram socket: the engine sends one datagram when a container of
+    /// the cluster network has started or has been removed, so the agent reports it at
+    /// once rather than at its next period. Absent (an older agent): the agent only polls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<PathBuf>,
+}
+
+/// What happened to a cluster-network container, as the agent's notification says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterEvent {
+    Started,
+    Removed,
+}
+
+impl ClusterEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterEvent::Started => "started",
+            ClusterEvent::Removed => "removed",
+        }
+    }
+}
+
+/// Tells this host's cluster agent about container `id` (a datagram `"<event> <id>"` to
+/// the socket named in the host file). Best-effort and never blocking: a missing host
+/// file or socket, an agent that is down or a full socket buffer only mean the agent
+/// learns of the container at its next periodic report, so errors are deliberately
+/// dropped here rather than failing the container command.
+pub fn notify_cluster_agent(event: ClusterEvent, id: &str) {
+    notify_cluster_agent_via(&cluster_host_file(), event, id)
+}
+
+/// [`notify_cluster_agent`] with the host file named.
+pub fn notify_cluster_agent_via(host_file: &Path, event: ClusterEvent, id: &str) {
+    let Ok(text) = std::fs::read(host_file) else {
+        return;
+    };
+    let Ok(Some(path)) = serde_json::from_slice::<ClusterHost>(&text).map(|h| h.notify) else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    if sock.set_nonblocking(true).is_ok() {
+        let _ = sock.send_to(format!("{} {id}", event.as_str()).as_bytes(), &path);
+    }
 }
 
 /// BERTH_CLUSTER_HOST_FILE, default /run/berth/cluster/host.json.
@@ -475,6 +521,7 @@ mod tests {
             blocks: vec![b[0]],
             cidr: "10.244.0.0/16".parse().unwrap(),
             mtu: 1450,
+            notify: None,
         };
         // Not made yet: nothing to follow.
         assert_eq!(sync_cluster_network(&nets, &h).unwrap(), None);

@@ -85,10 +85,12 @@ enum AgentCmd {
         engine_runroot: PathBuf,
         #[arg(long, default_value_t = 200)]
         report_ms: u64,
-        /// Keep the VXLAN device's TX checksum offload on (faster; off avoids the
-        /// corrupted-checksum bug of some NICs, as flannel's troubleshooting advises).
-        #[arg(long)]
-        checksum_offload: bool,
+        /// TX checksum offload on the VXLAN device: auto (off only on kernels before 5.7,
+        /// whose VXLAN + NAT checksums break, as Calico decides), on, or off (for NICs with
+        /// their own VXLAN checksum bug; costs most of the throughput). A bare
+        /// `--checksum-offload` means on.
+        #[arg(long, default_value = "auto", num_args = 0..=1, default_missing_value = "on")]
+        checksum_offload: berth_cluster::overlay::ChecksumOffload,
     },
 }
 
@@ -368,6 +370,16 @@ async fn run(cmd: Top) -> Result<()> {
             };
             let ca_pem = std::fs::read_to_string(&ca_cert)
                 .with_context(|| format!("reading the cluster CA {}", ca_cert.display()))?;
+            let (tx_checksum, why) =
+                checksum_offload.resolve(&berth_cluster::overlay::checksum::running_release());
+            eprintln!(
+                "berth agent: tx checksum offload {} ({why})",
+                if tx_checksum == berth_cluster::overlay::TxChecksum::Offload {
+                    "on"
+                } else {
+                    "off"
+                }
+            );
             berth_cluster::agent::run(berth_cluster::agent::AgentConfig {
                 controller,
                 join_token,
@@ -382,11 +394,7 @@ async fn run(cmd: Top) -> Result<()> {
                 engine_root,
                 engine_runroot,
                 report_every: std::time::Duration::from_millis(report_ms),
-                tx_checksum: if checksum_offload {
-                    berth_cluster::overlay::TxChecksum::Offload
-                } else {
-                    berth_cluster::overlay::TxChecksum::Software
-                },
+                tx_checksum,
             })
             .await?;
         }

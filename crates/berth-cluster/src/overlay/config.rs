@@ -73,7 +73,8 @@ pub struct OverlayConfig {
 #[serde(rename_all = "lowercase")]
 pub enum TxChecksum {
     /// `ethtool -K <dev> tx-checksum-ip-generic off`, the known workaround (kops applies
-    /// it to flannel.1 unconditionally): safe on every underlay. The default.
+    /// it to flannel.1 unconditionally): safe on every underlay. The library's default;
+    /// the agent picks per kernel ([`super::checksum::ChecksumOffload`]).
     #[default]
     Software,
     /// Leave the offload on (the kernel's default): for underlays known to handle it,

@@ -14,6 +14,7 @@
 //!
 //! Everything here acts in the network namespace of the calling thread.
 
+pub mod checksum;
 pub mod config;
 pub mod ethtool;
 pub mod kernel;
@@ -25,6 +26,7 @@ pub mod vxlan;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
+pub use checksum::ChecksumOffload;
 pub use config::{vtep_mac, ConfigError, OverlayConfig, RemoteHost, TxChecksum};
 pub use kernel::{apply, read_actual, KernelError};
 pub use plan::{plan, select, Actual, FdbEntry, NeighEntry, Op, RouteEntry, Skipped};
