@@ -17,6 +17,7 @@ import os
 import re
 import select
 import socket
+import ssl
 import statistics
 import struct
 import subprocess
@@ -116,12 +117,32 @@ class Chunked:
         return lines
 
 
-def http_json(url, method, path, token, body=None, timeout=10):
-    """One request on a fresh connection (in the current namespace)."""
+def tls(ctl_dir, client_cert=True):
+    """The controller speaks mutual TLS: trust only the cluster CA, present the admin's
+    certificate (or none, for joining)."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=os.path.join(ctl_dir, "ca.crt"))
+    if client_cert:
+        ctx.load_cert_chain(os.path.join(ctl_dir, "admin.crt"), os.path.join(ctl_dir, "admin.key"))
+    return ctx
+
+
+def new_csr(workdir):
+    """A P-256 key and a CSR for it (PEM), as an agent makes at join; one serves every
+    simulated host (the controller signs whatever name the join gives)."""
+    key, csr = os.path.join(workdir, "sim.key"), os.path.join(workdir, "sim.csr")
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-subj", "/CN=sim", "-keyout", key, "-out", csr],
+                   check=True, capture_output=True)
+    return open(csr).read()
+
+
+def http_json(url, method, path, ctx, body=None, timeout=10):
+    """One request on a fresh HTTPS connection (in the current namespace)."""
     import http.client
     u = urllib.parse.urlparse(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    hdr = {"Authorization": f"Bearer {token}"}
+    c = http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout, context=ctx)
+    hdr = {}
     data = None
     if body is not None:
         data = json.dumps(body)
@@ -275,14 +296,15 @@ class Bench:
     # ---- convergence --------------------------------------------------------------
     def converge(self):
         a = self.a
-        token = open(os.path.join(a.work, "ctl", "admin.token")).read().strip()
+        ctx = tls(os.path.join(a.work, "ctl"))
         ns2, ip2 = self.container("h2", "web")
         ctl = self.ns("ctl")
         u = urllib.parse.urlparse(a.ctl)
         with netns(ctl):
-            rev = http_json(a.ctl, "GET", "/v1/containers", token)["revision"]
-            ws = socket.create_connection((u.hostname, u.port), timeout=5)
-        ws.sendall(f"GET /v1/watch?from={rev} HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+            rev = http_json(a.ctl, "GET", "/v1/containers", ctx)["revision"]
+            ws = ctx.wrap_socket(socket.create_connection((u.hostname, u.port), timeout=5),
+                                 server_hostname=u.hostname)
+        ws.sendall(f"GET /v1/watch?from={rev} HTTP/1.1\r\nHost: c\r\n\r\n".encode())
         ws.setblocking(False)
         dec = Chunked()
         with netns(ns2):
@@ -327,8 +349,11 @@ class Bench:
                 if ws in r:
                     try:
                         data = ws.recv(65536)
-                    except BlockingIOError:
+                    except (BlockingIOError, ssl.SSLWantReadError):
                         data = b""
+                    # TLS may hold more decrypted bytes than select() can see.
+                    while ws.pending():
+                        data += ws.recv(ws.pending())
                     for line in dec.feed(data):
                         if not line.strip():
                             continue
@@ -397,10 +422,11 @@ class Bench:
                 return int(line.split()[1])
         return 0
 
-    async def request(self, conn, method, path, token, body=None):
+    async def request(self, conn, method, path, token=None, body=None):
         r, w = conn
         data = json.dumps(body).encode() if body is not None else b""
-        w.write(f"{method} {path} HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {token}\r\n"
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        w.write(f"{method} {path} HTTP/1.1\r\nHost: c\r\n{auth}"
                 f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
         head = await r.readuntil(b"\r\n\r\n")
         status = int(head.split()[1])
@@ -424,18 +450,20 @@ class Bench:
         a = self.a
         u = urllib.parse.urlparse(a.ctl)
         d = os.path.join(a.work, "sctl")
-        admin = open(os.path.join(d, "admin.token")).read().strip()
+        admin_tls, anon_tls = tls(d), tls(d, client_cert=False)
         join = open(os.path.join(d, "join.token")).read().strip()
+        csr = new_csr(a.work)
 
-        async def connect():
+        async def connect(ctx=admin_tls):
             for _ in range(100):
                 try:
-                    return await asyncio.open_connection(u.hostname, u.port, limit=1 << 22)
+                    return await asyncio.open_connection(u.hostname, u.port, limit=1 << 22, ssl=ctx)
                 except OSError:
                     await asyncio.sleep(0.05)
             raise RuntimeError("controller not listening")
 
         c0 = await connect()
+        joiner = await connect(anon_tls)
         await asyncio.sleep(1)
         rss_idle = self.rss()
         print(f"\n# scale: controller pid {a.pid}, RSS idle {rss_idle} KiB", flush=True)
@@ -443,9 +471,9 @@ class Bench:
         nhosts = (a.records + per_host - 1) // per_host + 1
         hosts = []
         for h in range(nhosts):
-            v = await self.request(c0, "POST", "/v1/join", join,
+            v = await self.request(joiner, "POST", "/v1/join", join,
                                    {"name": f"sim{h}", "underlay_ip": f"172.31.{h // 250}.{h % 250 + 1}",
-                                    "vtep_mac": f"02:cc:00:00:{h // 256:02x}:{h % 256:02x}"})
+                                    "vtep_mac": f"02:cc:00:00:{h // 256:02x}:{h % 256:02x}", "csr": csr})
             hosts.append((f"sim{h}", v["host"]["blocks"][0]))
         # Records: per_host per simulated host, written by K concurrent admin clients.
         jobs = []
@@ -462,7 +490,7 @@ class Bench:
         async def writer(j):
             for idx in range(j, len(jobs), k):
                 cid, body = jobs[idx]
-                await self.request(conns[j], "PUT", f"/v1/containers/{cid}", admin, body)
+                await self.request(conns[j], "PUT", f"/v1/containers/{cid}", body=body)
                 if j == 0 and time.monotonic() - last[0] > 15:
                     last[0] = time.monotonic()
                     print(f"# {idx} records written, {idx / (last[0] - t0):.0f}/s", flush=True)
@@ -473,7 +501,7 @@ class Bench:
         rss_records = self.rss()
         print(f"# {a.records} records ({nhosts} hosts) written in {dt:.1f} s ({a.records / dt:.0f}/s, {k} clients); "
               f"RSS {rss_records} KiB", flush=True)
-        rev = (await self.request(c0, "GET", "/v1/containers", admin))["revision"]
+        rev = (await self.request(c0, "GET", "/v1/containers"))["revision"]
 
         # The watchers: one connection each, from the current revision.
         arrivals = {}  # revision -> list of arrival times
@@ -483,7 +511,7 @@ class Bench:
         async def watcher(idx):
             nonlocal ready
             r, w = await connect()
-            w.write(f"GET /v1/watch?from={rev} HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {admin}\r\n\r\n".encode())
+            w.write(f"GET /v1/watch?from={rev} HTTP/1.1\r\nHost: c\r\n\r\n".encode())
             head = await r.readuntil(b"\r\n\r\n")
             if int(head.split()[1]) != 200:
                 raise RuntimeError(f"watch {idx}: {head[:60]!r}")
@@ -522,7 +550,7 @@ class Bench:
         for wnum in range(a.writes):
             addr = socket.inet_ntoa((base + 2 + wnum).to_bytes(4, "big"))
             ts = time.monotonic()
-            v = await self.request(c0, "PUT", f"/v1/containers/fan{wnum:04d}", admin,
+            v = await self.request(c0, "PUT", f"/v1/containers/fan{wnum:04d}", None,
                                    {"host": name, "addr": addr, "name": f"fan{wnum}"})
             tr = time.monotonic()
             r = v["revision"]

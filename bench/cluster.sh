@@ -27,7 +27,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
 bin=${CARGO_TARGET_DIR:-$top/target}/release
-for t in iperf3 nsenter busybox python3 ip bridge nft; do
+for t in iperf3 nsenter busybox python3 ip bridge nft openssl; do
   command -v "$t" >/dev/null || { echo "cluster.sh: needs $t" >&2; exit 1; }
 done
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --workspace --manifest-path "$top/Cargo.toml" >&2
@@ -92,9 +92,9 @@ ip -n ${tag}s link set lo up
 nsenter --net=/run/netns/${tag}ctl -- "$bin/berth-cluster" controller serve --dir "$work/ctl" \
   --listen $U.1:7480 2>"$work/ctl.log" &
 echo $! >>"$work/pids"
-ctl=http://$U.1:7480
-export BERTH_CLUSTER_TOKEN
-BERTH_CLUSTER_TOKEN=$(cat "$work/ctl/admin.token")
+ctl=https://$U.1:7480
+# The CLI's admin certificate and the CA, from the controller's directory (mutual TLS).
+export BERTH_CLUSTER_DIR="$work/ctl"
 
 mkdir -p "$work/rootfs"/{bin,etc,tmp,proc,sys,dev}
 cp "$(command -v busybox)" "$work/rootfs/bin/"
@@ -112,7 +112,7 @@ start_agent() {
   fi
   mkdir -p "$work/$h"
   nsenter --net=/run/netns/$tag$h -- "$bin/berth-cluster" agent join --controller $ctl \
-    --token-file "$work/ctl/join.token" --underlay-ip $U.${uaddr[$h]} --name $h \
+    --ca-cert "$work/ctl/ca.crt" --token-file "$work/ctl/join.token" --underlay-ip $U.${uaddr[$h]} --name $h \
     --host-file "$work/$h/host.json" --engine-root "$work/$h/lib" --engine-runroot "$work/$h/run" \
     --heartbeat-ms 500 "$@" 2>>"$work/$h.log" &
   echo $! >>"$work/pids"
@@ -205,7 +205,7 @@ if [ "${SKIP_SCALE:-0}" != 1 ]; then
   spid=$!
   echo $spid >>"$work/pids"
   nsenter --net=/run/netns/${tag}s -- python3 "$here/cluster.py" --bin "$bin" --work "$work" --tag "$tag" \
-    --ctl http://127.0.0.1:7480 scale --pid $spid --records "${RECORDS:-50000}" --watchers "$w" \
+    --ctl https://127.0.0.1:7480 scale --pid $spid --records "${RECORDS:-50000}" --watchers "$w" \
     --writes "${WRITES:-30}"
 fi
 load "at end"
