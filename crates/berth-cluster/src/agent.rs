@@ -284,13 +284,16 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         });
     }
 
-    // Heartbeats, independent of the watch.
+    // Heartbeats, independent of the watch; one at once when the first map is applied,
+    // so the controller's status doesn't show a working host as behind for a period.
+    let beat_now = Arc::new(tokio::sync::Notify::new());
     {
-        let (client, name, applied, every) = (
+        let (client, name, applied, every, beat_now) = (
             client.clone(),
             cfg.name.clone(),
             applied.clone(),
             cfg.heartbeat,
+            beat_now.clone(),
         );
         tokio::spawn(async move {
             loop {
@@ -306,7 +309,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 {
                     eprintln!("berth agent: heartbeat: {e}");
                 }
-                tokio::time::sleep(every).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = beat_now.notified() => {}
+                }
             }
         });
     }
@@ -347,13 +353,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             .collect();
         match reconcile(&overlay, &hosts).await {
             Ok(n) => {
+                applied.store(revision, Ordering::Relaxed);
                 if first {
                     eprintln!(
                         "berth agent: map of {} hosts at revision {revision} applied ({n} changes)",
                         hosts.len()
                     );
+                    beat_now.notify_one();
                 }
-                applied.store(revision, Ordering::Relaxed)
             }
             Err(e) => eprintln!("berth agent: reconcile: {e}"),
         }
@@ -390,10 +397,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                         let Ok(w) = serde_json::from_slice::<WatchLine>(&line) else { continue };
                         last = Some(w.revision);
                         if let Some(name) = w.key.strip_prefix(crate::model::HOSTS) {
-                            changed = true;
                             match w.value.and_then(|v| serde_json::from_value::<Host>(v).ok()) {
-                                Some(h) => { hosts.insert(name.to_string(), h); }
-                                None => { hosts.remove(name); }
+                                Some(h) => {
+                                    changed |= hosts.get(name).is_none_or(|old| !old.same_route(&h));
+                                    hosts.insert(name.to_string(), h);
+                                }
+                                None => { changed |= hosts.remove(name).is_some(); }
                             }
                         }
                     }

@@ -86,6 +86,18 @@ pub struct Host {
     pub applied_revision: u64,
 }
 
+impl Host {
+    /// Whether `other` programs the overlay differently: heartbeats rewrite the record
+    /// (time, applied revision) every second or so, and those changes must not make every
+    /// agent reconcile.
+    pub fn same_route(&self, other: &Host) -> bool {
+        self.underlay_ip == other.underlay_ip
+            && self.vtep_mac == other.vtep_mac
+            && self.blocks == other.blocks
+            && self.state == other.state
+    }
+}
+
 /// Owner of a block; the key (`/blocks/10.244.3.0-24`) makes a block unique.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockOwner {
@@ -264,6 +276,32 @@ mod tests {
         assert_eq!(block_of_key("/blocks/junk"), None);
         assert_eq!(host_key("a"), "/hosts/a");
         assert_eq!(container_key("c1"), "/containers/c1");
+    }
+
+    #[test]
+    fn heartbeats_do_not_change_the_route_but_state_and_blocks_do() {
+        let h = Host {
+            name: "h".into(),
+            underlay_ip: "192.0.2.1".parse().unwrap(),
+            vtep_mac: "0a:58:c0:00:02:01".into(),
+            blocks: vec!["10.244.0.0/24".parse().unwrap()],
+            state: HostState::Up,
+            last_heartbeat_ms: 1,
+            applied_revision: 1,
+        };
+        let mut beat = h.clone();
+        beat.last_heartbeat_ms = 2;
+        beat.applied_revision = 9;
+        assert!(h.same_route(&beat));
+        let mut down = h.clone();
+        down.state = HostState::Down;
+        assert!(!h.same_route(&down));
+        let mut grown = h.clone();
+        grown.blocks.push("10.244.1.0/24".parse().unwrap());
+        assert!(!h.same_route(&grown));
+        let mut moved = h.clone();
+        moved.underlay_ip = "192.0.2.2".parse().unwrap();
+        assert!(!h.same_route(&moved));
     }
 
     #[test]
