@@ -7,9 +7,6 @@
 //!   chain input   filter hook, priority filter-5
 //!     udp dport 4789 ip saddr @hosts accept       berth-overlay:vxlan-accept:4789
 //!     udp dport 4789 drop                         berth-overlay:vxlan-drop:4789
-//!   chain forward filter hook, priority filter-5
-//!     iifname vx ip daddr BLOCK accept            berth-overlay:fwd-in:vx:BLOCK
-//!     oifname vx ip saddr BLOCK accept            berth-overlay:fwd-out:vx:BLOCK
 //!   chain notrack_in  filter hook prerouting, priority raw
 //!     udp dport 4789 ip saddr @hosts notrack      berth-overlay:notrack-in:4789
 //!   chain notrack_out filter hook output, priority raw
@@ -27,9 +24,10 @@
 //!
 //! Why the input rules: the VXLAN socket decapsulates whatever reaches its port, and the
 //! inner packet then enters this host's container bridge as if it came from the overlay;
-//! only the map's hosts may do that. Why the forward accepts (an accept in one table does
-//! not override a drop in another, so they are not a bypass): they state the overlay's
-//! intended flows and count them, and a future drop policy in this table can sit under them.
+//! only the map's hosts may do that. There is no forward chain: a base chain costs every
+//! forwarded packet a traversal (perf showed nft_do_chain among the top kernel symbols of
+//! a cross-host stream), and counting the overlay's flows is what the VXLAN device's own
+//! counters already do.
 //!
 //! Each rule carries a tag that encodes its parameters; the table is re-created (one
 //! atomic batch) only when the tags differ from what the config asks, and otherwise only
@@ -172,12 +170,10 @@ pub(crate) fn parse_listing(table: &str, json: &[u8]) -> Result<Listed, NftError
 
 /// The tags of the rules the config asks for.
 pub(crate) fn expected_tags(cfg: &OverlayConfig) -> BTreeSet<String> {
-    let (p, d, b) = (cfg.port, &cfg.device, cfg.local_block);
+    let p = cfg.port;
     [
         format!("{TAG}vxlan-accept:{p}"),
         format!("{TAG}vxlan-drop:{p}"),
-        format!("{TAG}fwd-in:{d}:{b}"),
-        format!("{TAG}fwd-out:{d}:{b}"),
         format!("{TAG}notrack-in:{p}"),
         format!("{TAG}notrack-out:{p}"),
     ]
@@ -197,7 +193,7 @@ fn elements(hosts: &BTreeSet<Ipv4Addr>) -> String {
 /// table does not exist yet, and the kernel applies the batch all or nothing.
 pub(crate) fn table_script(cfg: &OverlayConfig, hosts: &BTreeSet<Ipv4Addr>) -> String {
     let t = &cfg.nft_table;
-    let (p, d, b) = (cfg.port, &cfg.device, cfg.local_block);
+    let p = cfg.port;
     let elems = if hosts.is_empty() {
         String::new()
     } else {
@@ -212,11 +208,6 @@ pub(crate) fn table_script(cfg: &OverlayConfig, hosts: &BTreeSet<Ipv4Addr>) -> S
          \t\ttype filter hook input priority filter - 5; policy accept;\n\
          \t\tudp dport {p} ip saddr @{SET} counter accept comment \"{TAG}vxlan-accept:{p}\"\n\
          \t\tudp dport {p} counter drop comment \"{TAG}vxlan-drop:{p}\"\n\
-         \t}}\n\
-         \tchain forward {{\n\
-         \t\ttype filter hook forward priority filter - 5; policy accept;\n\
-         \t\tiifname \"{d}\" ip daddr {b} counter accept comment \"{TAG}fwd-in:{d}:{b}\"\n\
-         \t\toifname \"{d}\" ip saddr {b} counter accept comment \"{TAG}fwd-out:{d}:{b}\"\n\
          \t}}\n\
          \tchain notrack_in {{\n\
          \t\ttype filter hook prerouting priority raw; policy accept;\n\
