@@ -82,14 +82,7 @@ async fn controller() -> Ctl {
     }
 }
 
-fn client(ca: &str, id: Option<(&str, &str)>) -> reqwest::Client {
-    berth_cluster::tls::client(
-        ca,
-        id.map(|(cert_pem, key_pem)| berth_cluster::tls::ClientIdentity { cert_pem, key_pem }),
-        reqwest::Client::builder().timeout(Duration::from_secs(10)),
-    )
-    .unwrap()
-}
+use store_support::tls_client as client;
 
 impl Ctl {
     async fn call(

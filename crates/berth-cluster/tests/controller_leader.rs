@@ -64,15 +64,7 @@ async fn host_state(store: &dyn Store, name: &str) -> HostState {
     state::get_host(store, name).await.unwrap().unwrap().0.state
 }
 
-/// An HTTPS client trusting only the cluster CA, with a client certificate or none.
-fn http(ca: &str, id: Option<(&str, &str)>) -> reqwest::Client {
-    berth_cluster::tls::client(
-        ca,
-        id.map(|(cert_pem, key_pem)| berth_cluster::tls::ClientIdentity { cert_pem, key_pem }),
-        reqwest::Client::builder().timeout(Duration::from_secs(5)),
-    )
-    .unwrap()
-}
+use store_support::tls_client as http;
 
 /// The admin's client from what `controller init` wrote into `dir`.
 fn admin_of(dir: &Path) -> reqwest::Client {

@@ -195,6 +195,14 @@ fn store_url(dir: &Path, store: Option<String>) -> String {
     store.unwrap_or_else(|| format!("file://{}", dir.join("state.redb").display()))
 }
 
+/// The default name of a controller or an agent.
+fn hostname() -> Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the hostname (or give --name)")?
+        .trim()
+        .to_string())
+}
+
 /// Writes a secret readable by root only.
 fn write_secret(path: &Path, secret: &str) -> Result<()> {
     write_file(path, secret, 0o600)
@@ -326,10 +334,7 @@ async fn run(cmd: Top) -> Result<()> {
             eprintln!("berth controller: serving on https://{local}");
             let name = match name {
                 Some(n) => n,
-                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .context("reading the hostname (or give --name)")?
-                    .trim()
-                    .to_string(),
+                None => hostname()?,
             };
             let mut config = leader::LeaderConfig::new(name);
             config.lease = std::time::Duration::from_millis(leader_lease_ms);
@@ -363,10 +368,7 @@ async fn run(cmd: Top) -> Result<()> {
             };
             let name = match name {
                 Some(n) => n,
-                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .context("reading the hostname (or give --name)")?
-                    .trim()
-                    .to_string(),
+                None => hostname()?,
             };
             let ca_pem = std::fs::read_to_string(&ca_cert)
                 .with_context(|| format!("reading the cluster CA {}", ca_cert.display()))?;

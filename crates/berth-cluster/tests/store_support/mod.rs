@@ -230,3 +230,16 @@ impl Drop for EtcdServer {
         self.kill();
     }
 }
+
+/// An HTTPS client of the controller trusting only the cluster CA `ca` (PEM), with a
+/// client certificate and key (PEM) or none. (The store suites include this module too,
+/// without calling it.)
+#[allow(dead_code)]
+pub fn tls_client(ca: &str, id: Option<(&str, &str)>) -> reqwest::Client {
+    berth_cluster::tls::client(
+        ca,
+        id.map(|(cert_pem, key_pem)| berth_cluster::tls::ClientIdentity { cert_pem, key_pem }),
+        reqwest::Client::builder().timeout(Duration::from_secs(10)),
+    )
+    .expect("building an HTTPS client")
+}
