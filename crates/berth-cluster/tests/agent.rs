@@ -646,9 +646,36 @@ fn e2e(backend: Backend) {
 
 /// Starts the agent of host `h` (the `i`-th, 0-based, after the controller) with its
 /// engine root under the test directory; returns that root.
+/// `controller init` (with `init_args`) and `controller serve` in namespace ctl, on the
+/// underlay's first address; the controller's directory and URL.
+fn start_controller(t: &mut Topology, init_args: &[&str]) -> (PathBuf, String) {
+    let ctl_dir: PathBuf = t.dir().join("ctl");
+    let ctl = ctl_dir.to_str().unwrap().to_string();
+    let o = Command::new(BIN)
+        .args(["controller", "init", "--dir", &ctl])
+        .args(init_args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listen = format!("{}:7480", t.addr(1));
+    t.spawn(
+        "ctl",
+        &["controller", "serve", "--dir", &ctl, "--listen", &listen],
+        "ctl.log",
+    );
+    (ctl_dir, format!("https://{listen}"))
+}
+
 /// Starts `h`'s agent against `controller`, with the CA and join token `controller
 /// init` wrote into `ctl_dir`.
-fn join_agent(t: &mut Topology, h: &str, i: u8, controller: &str, ctl_dir: &Path) -> PathBuf {
+fn join_agent(
+    t: &mut Topology,
+    h: &str,
+    i: u8,
+    controller: &str,
+    ctl_dir: &Path,
+    report_ms: &str,
+) -> PathBuf {
     let token = ctl_dir.join("join.token").display().to_string();
     let ca = ctl_dir.join("ca.crt").display().to_string();
     let ip = t.addr(i + 2);
@@ -676,7 +703,7 @@ fn join_agent(t: &mut Topology, h: &str, i: u8, controller: &str, ctl_dir: &Path
         "--heartbeat-ms",
         "300",
         "--report-ms",
-        "100",
+        report_ms,
         "--host-file",
         &hf,
         "--engine-root",
@@ -735,33 +762,22 @@ fn a_filling_host_gets_a_second_block_and_its_containers_there_are_reached() {
         return;
     };
     t.build(&["ctl", "h1", "h2"]);
-    let ctl_dir: PathBuf = t.dir().join("ctl");
-    let ctl = ctl_dir.to_str().unwrap().to_string();
     // /29 blocks: 5 container addresses each, so the fourth container leaves one free,
     // under a quarter of a block, and h1 should ask for another. The /27 holds four
     // blocks: h1's, h2's and two more for h1, then the space is exhausted.
-    let o = Command::new(BIN)
-        .args([
-            "controller",
-            "init",
-            "--dir",
-            &ctl,
+    let (ctl_dir, controller) = start_controller(
+        &mut t,
+        &[
             "--cidr",
             "10.244.0.0/27",
-        ])
-        .args(["--block-prefix", "29", "--heartbeat-timeout-ms", "5000"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let listen = format!("{}:7480", t.addr(1));
-    t.spawn(
-        "ctl",
-        &["controller", "serve", "--dir", &ctl, "--listen", &listen],
-        "ctl.log",
+            "--block-prefix",
+            "29",
+            "--heartbeat-timeout-ms",
+            "5000",
+        ],
     );
-    let controller = format!("https://{listen}");
-    let root1 = join_agent(&mut t, "h1", 0, &controller, &ctl_dir);
-    let root2 = join_agent(&mut t, "h2", 1, &controller, &ctl_dir);
+    let root1 = join_agent(&mut t, "h1", 0, &controller, &ctl_dir, "100");
+    let root2 = join_agent(&mut t, "h2", 1, &controller, &ctl_dir, "100");
     let host_blocks = |root: &Path| -> Vec<String> {
         std::fs::read(root.join("host.json"))
             .ok()
@@ -940,67 +956,8 @@ fn the_engines_notification_reports_a_container_without_waiting_for_the_period()
         return;
     };
     t.build(&["ctl", "h1"]);
-    let ctl_dir: PathBuf = t.dir().join("ctl");
-    let ctl = ctl_dir.to_str().unwrap().to_string();
-    let o = Command::new(BIN)
-        .args([
-            "controller",
-            "init",
-            "--dir",
-            &ctl,
-            "--cidr",
-            "10.244.0.0/16",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let listen = format!("{}:7480", t.addr(1));
-    t.spawn(
-        "ctl",
-        &["controller", "serve", "--dir", &ctl, "--listen", &listen],
-        "ctl.log",
-    );
-    let root = t.dir().join("engine-h1");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let ca = ctl_dir.join("ca.crt").display().to_string();
-    let (token, controller, ip) = (
-        ctl_dir.join("join.token").display().to_string(),
-        format!("https://{listen}"),
-        t.addr(2),
-    );
-    let (hf, er, err) = (
-        root.join("host.json").display().to_string(),
-        root.join("lib").display().to_string(),
-        root.join("run").display().to_string(),
-    );
-    t.spawn(
-        "h1",
-        &[
-            "agent",
-            "join",
-            "--controller",
-            &controller,
-            "--ca-cert",
-            &ca,
-            "--token-file",
-            &token,
-            "--underlay-ip",
-            &ip,
-            "--name",
-            "h1",
-            "--host-file",
-            &hf,
-            "--engine-root",
-            &er,
-            "--engine-runroot",
-            &err,
-            "--report-ms",
-            "60000",
-        ],
-        "h1.log",
-    );
-    t.engines.push(("h1".to_string(), root.clone()));
+    let (ctl_dir, controller) = start_controller(&mut t, &["--cidr", "10.244.0.0/16"]);
+    let root = join_agent(&mut t, "h1", 0, &controller, &ctl_dir, "60000");
     assert!(
         eventually(Duration::from_secs(20), || root.join("host.json").exists()),
         "the agent wrote no host file: {}\n{}",
