@@ -28,6 +28,8 @@ pub enum PkiError {
     Random(std::io::Error),
     #[error("invalid certificate subject alternative name {0:?}")]
     BadSan(String),
+    #[error("the system clock is outside what a certificate can say")]
+    Clock,
 }
 
 fn rc(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> PkiError {
@@ -63,16 +65,21 @@ pub enum Role<'a> {
     Client,
 }
 
-/// Years of validity: the CA ten, leaves one (an agent gets a new one at every join).
-const CA_YEARS: i32 = 10;
-const LEAF_YEARS: i32 = 1;
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+/// Validity from the moment of issue: the CA ten years, leaves one (an agent gets a new
+/// one at every join, and renews its certificate long before that; see agent.rs).
+pub const CA_VALIDITY: std::time::Duration = DAY.saturating_mul(3_652);
+pub const LEAF_VALIDITY: std::time::Duration = DAY.saturating_mul(365);
+/// Backdating, for hosts whose clocks run a little behind the controller's.
+const SKEW: std::time::Duration = std::time::Duration::from_secs(3_600);
 
-fn this_year() -> i32 {
-    let secs = std::time::SystemTime::now()
+/// `now` ± an offset as the certificate's time type.
+fn at(now: std::time::SystemTime) -> Result<time::OffsetDateTime, PkiError> {
+    let secs = now
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    1970 + (secs / 31_556_952) as i32
+        .map_err(|_| PkiError::Clock)?
+        .as_secs();
+    time::OffsetDateTime::from_unix_timestamp(secs as i64).map_err(|_| PkiError::Clock)
 }
 
 fn random_serial() -> Result<SerialNumber, PkiError> {
@@ -86,14 +93,13 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
     Ok(SerialNumber::from_slice(&b))
 }
 
-fn params(cn: &str, years: i32) -> Result<CertificateParams, PkiError> {
+fn params(cn: &str, validity: std::time::Duration) -> Result<CertificateParams, PkiError> {
     let mut p = CertificateParams::default();
     p.distinguished_name.push(DnType::OrganizationName, "berth");
     p.distinguished_name.push(DnType::CommonName, cn);
-    // A year back covers clock skew between hosts without computing dates.
-    let y = this_year();
-    p.not_before = rcgen::date_time_ymd(y - 1, 1, 1);
-    p.not_after = rcgen::date_time_ymd(y + years, 1, 1);
+    let now = std::time::SystemTime::now();
+    p.not_before = at(now - SKEW)?;
+    p.not_after = at(now + validity)?;
     p.serial_number = Some(random_serial()?);
     Ok(p)
 }
@@ -101,7 +107,7 @@ fn params(cn: &str, years: i32) -> Result<CertificateParams, PkiError> {
 /// Makes a new CA.
 pub fn new_ca() -> Result<CaMaterial, PkiError> {
     let key = KeyPair::generate().map_err(rc("generating the CA key"))?;
-    let mut p = params("berth cluster CA", CA_YEARS)?;
+    let mut p = params("berth cluster CA", CA_VALIDITY)?;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -123,7 +129,7 @@ fn issuer(ca: &CaMaterial) -> Result<Issuer<'static, KeyPair>, PkiError> {
 }
 
 fn leaf(cn: &str, role: &Role) -> Result<CertificateParams, PkiError> {
-    let mut p = params(cn, LEAF_YEARS)?;
+    let mut p = params(cn, LEAF_VALIDITY)?;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     match role {
         Role::Server(names) => {
@@ -227,6 +233,26 @@ mod tests {
             kp.public_key_raw()
         );
         assert_eq!(pem_fingerprint(&cert).unwrap(), fingerprint(&der));
+    }
+
+    #[test]
+    fn validity_runs_from_the_moment_of_issue() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let ca = new_ca().unwrap();
+        let leaf = issue(&ca, "admin", Role::Client).unwrap();
+        for (pem, days) in [(&ca.cert_pem, 3_652), (&leaf.cert_pem, 365)] {
+            let der: rustls::pki_types::CertificateDer =
+                rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).unwrap();
+            let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+            let v = x.validity();
+            // Backdated an hour for clock skew; valid for exactly the period from now
+            // (a minute's slack for a slow test), whatever the date of issue.
+            assert!((v.not_before.timestamp() - (now - 3_600)).abs() < 60);
+            assert!((v.not_after.timestamp() - (now + days * 86_400)).abs() < 60);
+        }
     }
 
     #[test]
