@@ -73,18 +73,44 @@ pub struct AgentConfig {
     pub engine_runroot: PathBuf,
     /// How often local containers are compared with the controller's records.
     pub report_every: Duration,
+    /// How often the agent renews its client certificate (a new key each time).
+    pub cert_renew_every: Duration,
 }
 
 /// The controller's API over mutual TLS: `http` carries the agent's certificate once it
 /// has joined (before that, only the join token in the join request).
 #[derive(Clone)]
-struct Client {
-    base: String,
-    http: reqwest::Client,
+pub(crate) struct Client {
+    pub(crate) base: String,
+    /// Replaced when the certificate is renewed (see agent_cert.rs); every request takes
+    /// the current one.
+    http: Arc<std::sync::RwLock<reqwest::Client>>,
 }
 
 impl Client {
-    async fn call<T: serde::de::DeserializeOwned>(
+    pub(crate) fn new(base: String, http: reqwest::Client) -> Client {
+        Client {
+            base,
+            http: Arc::new(std::sync::RwLock::new(http)),
+        }
+    }
+
+    /// The current HTTPS client (a cheap handle).
+    pub(crate) fn http(&self) -> reqwest::Client {
+        match self.http.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn replace(&self, http: reqwest::Client) {
+        match self.http.write() {
+            Ok(mut c) => *c = http,
+            Err(poisoned) => *poisoned.into_inner() = http,
+        }
+    }
+
+    pub(crate) async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -92,7 +118,7 @@ impl Client {
         body: Option<serde_json::Value>,
     ) -> Result<T> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url);
+        let mut req = self.http().request(method, &url);
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }
@@ -168,10 +194,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             reqwest::Client::builder().connect_timeout(Duration::from_secs(3)),
         )
     };
-    let joining = Client {
-        base: base.clone(),
-        http: http(None)?,
-    };
+    let joining = Client::new(base.clone(), http(None)?);
     // A new key at every start, kept in memory only: nothing secret on disk but the
     // join token, and a restarted agent's old certificate is revoked by its re-join.
     let (key_pem, csr) = crate::controller::pki::new_csr(&format!("host:{}", cfg.name))?;
@@ -227,13 +250,18 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         cfg.device,
         started.1
     );
-    let client = Client {
+    let client = Client::new(
         base,
-        http: http(Some(crate::tls::ClientIdentity {
+        http(Some(crate::tls::ClientIdentity {
             cert_pem: &joined.certificate,
             key_pem: &key_pem,
         }))?,
-    };
+    );
+    // A new key and certificate well before this one expires.
+    {
+        let (client, cfg) = (client.clone(), cfg.clone());
+        tokio::spawn(async move { crate::agent_cert::renew_loop(&client, &cfg).await });
+    }
     let applied = Arc::new(AtomicU64::new(0));
     let mtu = overlay
         .lock()
@@ -365,7 +393,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             Err(e) => eprintln!("berth agent: reconcile: {e}"),
         }
         let url = format!("{}/v1/watch?from={revision}", client.base);
-        let resp = match client.http.get(&url).send().await {
+        let resp = match client.http().get(&url).send().await {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
                 // 410: history compacted; anything else: list again after a pause.

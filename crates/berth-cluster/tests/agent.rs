@@ -361,6 +361,9 @@ fn e2e(backend: Backend) {
             "300",
             "--resync-ms",
             "2000",
+            // Certificates rotate all through the test; nothing may notice.
+            "--cert-renew-secs",
+            "2",
             "--host-file",
             &root.join("host.json").display().to_string(),
             "--engine-root",
@@ -514,6 +517,13 @@ fn e2e(backend: Backend) {
         addrs[1],
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        eventually(Duration::from_secs(6), || t
+            .log("h1.log")
+            .contains("renewed its certificate")),
+        "no certificate renewal in 2 s periods: {}",
+        t.log("h1.log")
     );
     // h1's agent restarts (SIGKILL, then a new process, as after a crash or an
     // upgrade): it finds everything right, changes nothing in the kernel, and a ping

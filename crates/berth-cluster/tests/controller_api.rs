@@ -115,6 +115,28 @@ impl Ctl {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Renews `name`'s certificate as `who`, for a fresh key: the answer, and a client
+    /// with the new certificate if there is one.
+    async fn renew(
+        &self,
+        who: &reqwest::Client,
+        name: &str,
+    ) -> (u16, Value, Option<reqwest::Client>) {
+        let (key, csr) = pki::new_csr("whatever").unwrap();
+        let (code, v) = self
+            .call(
+                who,
+                "POST",
+                &format!("/v1/hosts/{name}/certificate"),
+                Some(json!({"csr": csr})),
+            )
+            .await;
+        let c = v["certificate"]
+            .as_str()
+            .map(|cert| client(&self.ca_pem, Some((cert, &key))));
+        (code, v, c)
+    }
+
     /// Joins as `name` with a fresh key; the client carries the issued certificate.
     async fn join(&self, name: &str, last: u8) -> (Value, reqwest::Client) {
         let (key, csr) = pki::new_csr(name).unwrap();
@@ -253,6 +275,49 @@ async fn join_needs_the_token_and_agents_act_only_as_themselves() {
     assert_eq!(st["hosts"].as_array().unwrap().len(), 2, "{st}");
     assert_eq!(
         c.call(&c.anon, "GET", "/v1/openapi.json", None).await.0,
+        200
+    );
+}
+
+/// A host renews its own certificate with its current one: the new one works, the old
+/// one is revoked; nobody else may renew it, and a bad CSR changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_renews_its_certificate_and_the_old_one_stops_working() {
+    let c = controller().await;
+    let (_, old) = c.join("a", 1).await;
+    let (_, b) = c.join("b", 2).await;
+    let (code, v, _) = c.renew(&b, "a").await;
+    assert_eq!(code, 403, "{v}");
+    let (code, v, _) = c.renew(&c.admin, "a").await;
+    assert_eq!(code, 403, "{v}");
+    let (code, v, _) = c.renew(&c.anon, "a").await;
+    assert_eq!(code, 401, "{v}");
+    let before = c.store.revision().await.unwrap();
+    let (code, v) = c
+        .call(
+            &old,
+            "POST",
+            "/v1/hosts/a/certificate",
+            Some(json!({"csr": "nonsense"})),
+        )
+        .await;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(c.store.revision().await.unwrap(), before, "a bad CSR wrote");
+    assert_eq!(c.call(&old, "GET", "/v1/hosts", None).await.0, 200);
+
+    let (code, v, new) = c.renew(&old, "a").await;
+    assert_eq!(code, 200, "{v}");
+    let new = new.unwrap();
+    assert_eq!(c.call(&old, "GET", "/v1/hosts", None).await.0, 401);
+    assert_eq!(
+        c.call(
+            &new,
+            "PUT",
+            "/v1/hosts/a/heartbeat",
+            Some(json!({"applied_revision": 1}))
+        )
+        .await
+        .0,
         200
     );
 }

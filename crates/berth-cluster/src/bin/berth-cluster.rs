@@ -85,6 +85,10 @@ enum AgentCmd {
         engine_runroot: PathBuf,
         #[arg(long, default_value_t = 200)]
         report_ms: u64,
+        /// How often to renew the client certificate (a new key each time); certificates
+        /// are valid for a year. Default 30 days.
+        #[arg(long, default_value_t = 30 * 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+        cert_renew_secs: u64,
         /// TX checksum offload on the VXLAN device: auto (off only on kernels before 5.7,
         /// whose VXLAN + NAT checksums break, as Calico decides), on, or off (for NICs with
         /// their own VXLAN checksum bug; costs most of the throughput). A bare
@@ -357,6 +361,7 @@ async fn run(cmd: Top) -> Result<()> {
             engine_root,
             engine_runroot,
             report_ms,
+            cert_renew_secs,
         }) => {
             let join_token = match (token, token_file) {
                 (Some(t), _) => t,
@@ -396,6 +401,7 @@ async fn run(cmd: Top) -> Result<()> {
                 engine_root,
                 engine_runroot,
                 report_every: std::time::Duration::from_millis(report_ms),
+                cert_renew_every: std::time::Duration::from_secs(cert_renew_secs),
                 tx_checksum,
             })
             .await?;

@@ -215,6 +215,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/hosts", get(hosts))
         .route("/v1/hosts/{name}/heartbeat", put(heartbeat))
         .route("/v1/hosts/{name}/blocks", post(add_block))
+        .route("/v1/hosts/{name}/certificate", post(renew_certificate))
         .route("/v1/containers", get(containers))
         .route(
             "/v1/containers/{id}",
@@ -371,6 +372,37 @@ async fn add_block(
     let id = identify(api.store.as_ref(), &peer).await?;
     require_host(&id, &name)?;
     Ok(Json(state::add_block(api.store.as_ref(), &name).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RenewRequest {
+    /// A PEM certificate signing request for the host's new key.
+    pub csr: String,
+}
+
+/// A host's new certificate, for its current one: the old one is revoked in the same
+/// transaction that records the new one.
+async fn renew_certificate(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Extension(peer): Extension<Peer>,
+    Json(req): Json<RenewRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = identify(api.store.as_ref(), &peer).await?;
+    // Only the host itself: the admin has no business holding a host's key.
+    if id != Identity::Host(name.clone()) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("only host {name} may renew its certificate"),
+        ));
+    }
+    let ca = ca(api.store.as_ref()).await?;
+    let certificate = pki::sign_csr(&ca, &req.csr, &id.record())
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let fp = pki::pem_fingerprint(&certificate)
+        .ok_or_else(|| internal("reading back the issued certificate"))?;
+    record_cert(api.store.as_ref(), &id, &fp).await?;
+    Ok(Json(json!({ "certificate": certificate })))
 }
 
 #[derive(Debug, Deserialize)]
