@@ -94,25 +94,26 @@ fn nft_binary() -> &'static str {
     }
 }
 
-/// Runs `nft -f -` with `script` on stdin.
-fn run_script(script: &str, what: &str) -> Result<(), NftError> {
+/// Runs nft with `args`, `stdin` fed in; returns its stdout. berth's one way of running
+/// nft (the cluster's overlay table goes through it too).
+pub fn run(args: &[&str], stdin: &str, what: &str) -> Result<Vec<u8>, NftError> {
     let spawn_err = |source| NftError::Spawn {
         what: what.to_string(),
         source,
     };
     let mut child = Command::new(nft_binary())
-        .args(["-f", "-"])
+        .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(spawn_err)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(spawn_err)?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.as_bytes()).map_err(spawn_err)?;
     }
     let out = child.wait_with_output().map_err(spawn_err)?;
     if out.status.success() {
-        Ok(())
+        Ok(out.stdout)
     } else {
         Err(NftError::Failed {
             what: what.to_string(),
@@ -121,28 +122,31 @@ fn run_script(script: &str, what: &str) -> Result<(), NftError> {
     }
 }
 
+/// `nft -j list table inet TABLE`: its JSON, or None if the table does not exist.
+pub fn list_json(table: &str) -> Result<Option<Vec<u8>>, NftError> {
+    let what = format!("list table inet {table}");
+    match run(&["-j", "list", "table", "inet", table], "", &what) {
+        Ok(json) => Ok(Some(json)),
+        Err(NftError::Failed { stderr, .. })
+            if stderr.contains("No such file or directory")
+                || stderr.contains("does not exist") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `nft -f -` with `script` on stdin (one batch, applied all or nothing).
+fn run_script(script: &str, what: &str) -> Result<(), NftError> {
+    run(&["-f", "-"], script, what).map(|_| ())
+}
+
 /// Lists the rules of `table`; None if the table does not exist.
 fn list(table: &str) -> Result<Option<Vec<ListedRule>>, NftError> {
-    let what = format!("list table inet {table}");
-    let out = Command::new(nft_binary())
-        .args(["-j", "list", "table", "inet", table])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| NftError::Spawn {
-            what: what.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("No such file or directory") {
-            return Ok(None);
-        }
-        return Err(NftError::Failed {
-            what,
-            stderr: stderr.trim().to_string(),
-        });
-    }
-    parse_listing(table, &out.stdout).map(Some)
+    list_json(table)?
+        .map(|json| parse_listing(table, &json))
+        .transpose()
 }
 
 pub(crate) fn parse_listing(table: &str, json: &[u8]) -> Result<Vec<ListedRule>, NftError> {

@@ -35,10 +35,7 @@
 //! asked to list.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::process::{Command, Stdio};
 
 use super::config::OverlayConfig;
 
@@ -47,51 +44,15 @@ const SET: &str = "hosts";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("running nft to {what}: {source}")]
-    Spawn {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("nft failed to {what}: {stderr}")]
-    Failed { what: String, stderr: String },
+    /// Running nft itself (berth-net's runner, shared by both of berth's tables).
+    #[error(transparent)]
+    Run(#[from] berth_net::nft::NftError),
     #[error("parsing nft's listing of table inet {table}: {reason}")]
     Listing { table: String, reason: String },
 }
 
-fn nft_binary() -> &'static str {
-    if Path::new("/usr/sbin/nft").exists() {
-        "/usr/sbin/nft"
-    } else {
-        "nft"
-    }
-}
-
-/// Runs nft with `args`, `stdin` fed in; returns stdout.
 fn run(args: &[&str], stdin: &str, what: &str) -> Result<Vec<u8>, NftError> {
-    let spawn_err = |source| NftError::Spawn {
-        what: what.to_string(),
-        source,
-    };
-    let mut child = Command::new(nft_binary())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    if let Some(mut pipe) = child.stdin.take() {
-        pipe.write_all(stdin.as_bytes()).map_err(spawn_err)?;
-    }
-    let out = child.wait_with_output().map_err(spawn_err)?;
-    if out.status.success() {
-        Ok(out.stdout)
-    } else {
-        Err(NftError::Failed {
-            what: what.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    Ok(berth_net::nft::run(args, stdin, what)?)
 }
 
 /// Our table as listed: rule tags with their packet counters, and the set's elements.
@@ -104,17 +65,9 @@ pub struct Listed {
 
 /// The table's current state; None if it does not exist.
 pub fn list(table: &str) -> Result<Option<Listed>, NftError> {
-    let what = format!("list table inet {table}");
-    match run(&["-j", "list", "table", "inet", table], "", &what) {
-        Ok(json) => parse_listing(table, &json).map(Some),
-        Err(NftError::Failed { stderr, .. })
-            if stderr.contains("No such file or directory")
-                || stderr.contains("does not exist") =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
+    berth_net::nft::list_json(table)?
+        .map(|json| parse_listing(table, &json))
+        .transpose()
 }
 
 pub(crate) fn parse_listing(table: &str, json: &[u8]) -> Result<Listed, NftError> {
