@@ -227,6 +227,16 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// All hosts as the controller lists them, and `name`'s record among them.
+fn host_record(t: &Topology, ctl_dir: &Path, name: &str) -> (serde_json::Value, serde_json::Value) {
+    let hosts = admin_get(t, ctl_dir, "hosts");
+    let h = hosts
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no host {name} on the controller: {hosts}"));
+    (hosts, h)
+}
+
 fn admin_get(t: &Topology, ctl_dir: &Path, path: &str) -> serde_json::Value {
     let o = Command::new("ip")
         .args(["netns", "exec", &t.ns("ctl"), BIN, "cluster", path])
@@ -590,13 +600,7 @@ fn e2e(backend: Backend) {
         eventually(Duration::from_secs(10), || !t.ping("h1", &vtep("h3"))),
         "h3 still reachable after its agent died"
     );
-    let hosts = admin_get(&t, &ctl_dir, "hosts");
-    let h3 = hosts
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["name"] == "h3")
-        .unwrap();
+    let (hosts, h3) = host_record(&t, &ctl_dir, "h3");
     assert_eq!(h3["state"], "down", "{hosts}");
     assert!(t.ping("h1", &vtep("h2")), "h1-h2 broke when h3 went down");
     // It comes back.
@@ -834,13 +838,7 @@ fn a_filling_host_gets_a_second_block_and_its_containers_there_are_reached() {
     assert_eq!(blocks[0], first.to_string(), "the first block stays first");
     let second: ipnet::Ipv4Net = blocks[1].parse().unwrap();
     // The controller's record says the same.
-    let hosts = admin_get(&t, &ctl_dir, "hosts");
-    let h1 = hosts
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["name"] == "h1")
-        .unwrap();
+    let (hosts, h1) = host_record(&t, &ctl_dir, "h1");
     assert_eq!(h1["blocks"], serde_json::json!(blocks), "{hosts}");
     // The last address of the first block, then the second block.
     let a4 = run_on_cluster(&t, "h1", &root1, "c4");
@@ -937,13 +935,7 @@ fn a_filling_host_gets_a_second_block_and_its_containers_there_are_reached() {
         )),
         "{e}"
     );
-    let hosts = admin_get(&t, &ctl_dir, "hosts");
-    let h1 = hosts
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["name"] == "h1")
-        .unwrap();
+    let (hosts, h1) = host_record(&t, &ctl_dir, "h1");
     assert_eq!(h1["blocks"], serde_json::json!(blocks), "{hosts}");
     // Still serving: the last container is reached from the other host.
     assert!(

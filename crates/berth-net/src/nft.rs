@@ -149,17 +149,22 @@ fn list(table: &str) -> Result<Option<Vec<ListedRule>>, NftError> {
         .transpose()
 }
 
-pub(crate) fn parse_listing(table: &str, json: &[u8]) -> Result<Vec<ListedRule>, NftError> {
+/// The items (tables, chains, rules, sets) of an `nft -j list` output.
+pub fn listing_items(table: &str, json: &[u8]) -> Result<Vec<serde_json::Value>, NftError> {
     let bad = |reason: String| NftError::Listing {
         table: table.to_string(),
         reason,
     };
-    let doc: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
-    let items = doc
-        .get("nftables")
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| bad("no \"nftables\" array".into()))?;
-    Ok(items
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    match doc.get_mut("nftables").map(serde_json::Value::take) {
+        Some(serde_json::Value::Array(items)) => Ok(items),
+        _ => Err(bad("no \"nftables\" array".into())),
+    }
+}
+
+pub(crate) fn parse_listing(table: &str, json: &[u8]) -> Result<Vec<ListedRule>, NftError> {
+    Ok(listing_items(table, json)?
         .iter()
         .filter_map(|item| {
             let rule = item.get("rule")?;

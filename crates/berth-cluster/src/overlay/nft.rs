@@ -75,13 +75,9 @@ pub(crate) fn parse_listing(table: &str, json: &[u8]) -> Result<Listed, NftError
         table: table.to_string(),
         reason,
     };
-    let doc: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
-    let items = doc
-        .get("nftables")
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| bad("no nftables array".into()))?;
+    let items = berth_net::nft::listing_items(table, json)?;
     let mut listed = Listed::default();
-    for item in items {
+    for item in &items {
         if let Some(rule) = item.get("rule") {
             let Some(comment) = rule.get("comment").and_then(|c| c.as_str()) else {
                 continue;
