@@ -33,6 +33,16 @@ struct Net {
 }
 
 impl Net {
+    /// No rule of berth's table names container `id` (its tags carry the id).
+    fn assert_no_rules_of(&self, id: &str, what: &str) {
+        let rules = Command::new("nft")
+            .args(["list", "table", "inet", &self.table])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&rules.stdout);
+        assert!(!text.contains(id), "{what}: {text}");
+    }
+
     fn new() -> Option<Net> {
         if !can_run() {
             return None;
@@ -504,14 +514,7 @@ fn published_ports_from_loopback_and_a_client_namespace_keep_the_source() {
 
     let id = t.id("web");
     t.ok(&["rm", "-f", "web"]);
-    let rules = Command::new("nft")
-        .args(["list", "table", "inet", &t.table])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&rules.stdout).contains(&id),
-        "rules left"
-    );
+    t.assert_no_rules_of(&id, "rules left");
     let theirs = Command::new("nft")
         .args(["list", "table", "ip", &other])
         .output()
@@ -684,14 +687,7 @@ fn crash_then_rm_or_recovery_leaves_no_veth_rule_or_address() {
     assert!(!std::path::Path::new("/sys/class/net")
         .join(&veths[0])
         .exists());
-    let rules = Command::new("nft")
-        .args(["list", "table", "inet", &t.table])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&rules.stdout).contains(&id),
-        "nft rule left"
-    );
+    t.assert_no_rules_of(&id, "nft rule left");
     let insp: serde_json::Value =
         serde_json::from_str(&t.ok(&["network", "inspect", "bridge"])).unwrap();
     assert_eq!(insp[0]["Containers"], serde_json::json!({}), "address left");
@@ -734,14 +730,7 @@ fn first_command_after_a_reboot_releases_what_no_container_owns() {
     std::fs::remove_dir_all(t.dir.path().join("run")).unwrap();
 
     assert_eq!(t.ok(&["ps", "-aq"]), "");
-    let rules = Command::new("nft")
-        .args(["list", "table", "inet", &t.table])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&rules.stdout).contains(&id),
-        "port rule left"
-    );
+    t.assert_no_rules_of(&id, "port rule left");
     let insp: serde_json::Value =
         serde_json::from_str(&t.ok(&["network", "inspect", "bridge"])).unwrap();
     assert_eq!(insp[0]["Containers"], serde_json::json!({}), "address left");
