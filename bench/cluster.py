@@ -25,9 +25,12 @@ import sys
 import time
 import urllib.parse
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import iperf  # noqa: E402
+from iperf import IPERF_PORT  # noqa: E402
+
 CLONE_NEWNET = 0x40000000
 libc = ctypes.CDLL(None, use_errno=True)
-IPERF_PORT = 5201
 
 
 class netns:
@@ -175,38 +178,13 @@ class Bench:
 
     # ---- datapath -----------------------------------------------------------------
     def iperf_server(self, ns):
-        p = subprocess.Popen(["nsenter", f"--net={ns}", "iperf3", "-s", "-p", str(IPERF_PORT)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        remember(p.pid, self.a.work)
-        self.servers.append(p)
-        want = f":{IPERF_PORT:04X} "
-        for _ in range(200):  # up to ~10 s
-            for tcp in ("tcp", "tcp6"):
-                try:
-                    with open(f"/proc/{p.pid}/net/{tcp}") as f:
-                        if any(want in line and line.split()[3] == "0A" for line in f):
-                            return
-                except OSError:
-                    pass
-            if p.poll() is not None:
-                raise RuntimeError(f"iperf3 server in {ns} exited with {p.returncode}")
-            time.sleep(0.05)
-        raise RuntimeError(f"iperf3 server in {ns} not listening")
+        self.servers.append(iperf.server(ns, lambda pid: remember(pid, self.a.work)))
 
     def iperf(self, ns, addr):
-        cmd = ["nsenter", f"--net={ns}", "iperf3", "-c", addr, "-p", str(IPERF_PORT), "-t", str(self.a.secs),
-               "-O", "1", "-J", "--connect-timeout", "3000"]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.a.secs + 30)
-        v = json.loads(r.stdout)
-        if "error" in v:
-            raise RuntimeError(f"iperf3 {addr} from {ns}: {v['error']}")
-        end = v["end"]
-        return end["sum_received"]["bits_per_second"] / 1e9, end["sum_sent"].get("retransmits", 0)
+        return iperf.client(ns, addr, IPERF_PORT, self.a.secs)
 
     def ping(self, ns, addr):
-        r = subprocess.run(["nsenter", f"--net={ns}", "busybox", "ping", "-c", "50", "-i", "0.01", "-W", "2", addr],
-                           capture_output=True, text=True, timeout=60)
-        return [float(t) for t in re.findall(r"time=([0-9.]+) ms", r.stdout)]
+        return iperf.ping(ns, addr, 50)
 
     @staticmethod
     def tx_csum(ns, dev, on=None):

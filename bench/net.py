@@ -25,6 +25,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from engine import ULIMITS, make_image_tar  # noqa: E402
+import iperf  # noqa: E402
+from iperf import IPERF_PORT  # noqa: E402
 
 IMAGE = "localhost/busybox:bench"
 # Podman's network: a copy of its default network's configuration (bridge driver,
@@ -37,7 +39,6 @@ HAND_NS = {"srv": ("bbench-hs", "bbh-s", f"{HAND_PREFIX}.2"), "cli": ("bbench-hc
 HAND_TABLE = "bbench_hand"
 # A client namespace standing for another host, linked to this one by a veth /30.
 CL_NS, CL_IF, CL_HOST, CL_INNER = "bbench-cl", "bbcl-h", "10.234.0.1", "10.234.0.2"
-IPERF_PORT = 5201
 
 
 def sh(cmd, **kw):
@@ -194,40 +195,13 @@ class Bench:
             f.write("1")
 
     def iperf_server(self, ns):
-        p = subprocess.Popen(["nsenter", f"--net={ns}", "iperf3", "-s", "-p", str(IPERF_PORT)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        self.remember_pid(p.pid)
-        self.servers.append(p)
-        want = f":{IPERF_PORT:04X} "
-        for _ in range(200):  # up to ~10 s
-            for tcp in ("tcp", "tcp6"):
-                try:
-                    with open(f"/proc/{p.pid}/net/{tcp}") as f:
-                        if any(want in line and line.split()[3] == "0A" for line in f):
-                            return
-                except OSError:
-                    pass
-            if p.poll() is not None:
-                raise RuntimeError(f"iperf3 server in {ns} exited with {p.returncode}")
-            time.sleep(0.05)
-        raise RuntimeError(f"iperf3 server in {ns} not listening")
+        self.servers.append(iperf.server(ns, self.remember_pid))
 
     def iperf(self, ns, addr, port):
-        cmd = ["iperf3", "-c", addr, "-p", str(port), "-t", str(self.a.secs), "-O", "1", "-J",
-               "--connect-timeout", "3000"]
-        if ns:
-            cmd = ["nsenter", f"--net={ns}"] + cmd
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.a.secs + 30)
-        v = json.loads(r.stdout)
-        if "error" in v:
-            raise RuntimeError(f"iperf3 {addr}:{port} from {ns or 'host'}: {v['error']}")
-        end = v["end"]
-        return end["sum_received"]["bits_per_second"] / 1e9, end["sum_sent"].get("retransmits", 0)
+        return iperf.client(ns, addr, port, self.a.secs)
 
     def ping(self, ns, addr):
-        r = subprocess.run(["nsenter", f"--net={ns}", "busybox", "ping", "-c", str(self.a.pings), "-i", "0.01",
-                            "-W", "2", addr], capture_output=True, text=True, timeout=60)
-        return [float(t) for t in re.findall(r"time=([0-9.]+) ms", r.stdout)]
+        return iperf.ping(ns, addr, self.a.pings)
 
     def datapath(self):
         a = self.a
