@@ -23,6 +23,8 @@ pub enum TlsError {
         what: &'static str,
         source: rustls::Error,
     },
+    #[error("reading {0}: no PEM certificate in it")]
+    NoCertificate(&'static str),
     #[error("building the client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("building the HTTPS client: {0}")]
@@ -34,9 +36,15 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem { what, source })
+        .map_err(|source| TlsError::Pem { what, source })?;
+    // A file of anything but certificates parses as none; say so rather than fail every
+    // handshake later.
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(what));
+    }
+    Ok(certs)
 }
 
 fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {

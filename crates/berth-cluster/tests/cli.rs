@@ -149,4 +149,55 @@ fn init_serve_and_views() {
         String::from_utf8_lossy(&o.stderr).contains("contacting the controller"),
         "{o:?}"
     );
+
+    // A CA file that holds no certificate is named as such, before any connection.
+    let junk = dir.path().join("junk.crt");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let o = run(&[
+        "cluster",
+        "hosts",
+        "--controller",
+        &url,
+        "--dir",
+        ctl_s,
+        "--ca-cert",
+        junk.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("reading the cluster CA certificate: no PEM certificate in it"),
+        "{o:?}"
+    );
+    // Agents: a missing CA file and a zero renewal period are refused up front.
+    let token = ctl.join("join.token");
+    let agent = |extra: &[&str]| {
+        let mut args = vec![
+            "agent",
+            "join",
+            "--controller",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--underlay-ip",
+            "192.0.2.1",
+            "--name",
+            "h1",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let o = agent(&["--ca-cert", "/nonexistent/ca.crt"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("reading the cluster CA /nonexistent/ca.crt"),
+        "{o:?}"
+    );
+    let ca = ctl.join("ca.crt");
+    let o = agent(&["--ca-cert", ca.to_str().unwrap(), "--cert-renew-secs", "0"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--cert-renew-secs"),
+        "{o:?}"
+    );
 }
