@@ -183,17 +183,24 @@ async fn reconcile(overlay: &Arc<Mutex<Overlay>>, hosts: &BTreeMap<String, Host>
     changes
 }
 
+/// The agent's HTTPS client: the cluster CA as the only root, with its certificate once
+/// it has one.
+pub(crate) fn https(
+    cfg: &AgentConfig,
+    id: Option<crate::tls::ClientIdentity>,
+) -> Result<reqwest::Client> {
+    Ok(crate::tls::client(
+        &cfg.ca_pem,
+        id,
+        reqwest::Client::builder().connect_timeout(Duration::from_secs(3)),
+    )?)
+}
+
 /// Joins (retrying until the controller answers), starts the overlay, then runs until
 /// the process is stopped. Errors after start are logged and retried, never fatal.
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let base = cfg.controller.trim_end_matches('/').to_string();
-    let http = |id| {
-        crate::tls::client(
-            &cfg.ca_pem,
-            id,
-            reqwest::Client::builder().connect_timeout(Duration::from_secs(3)),
-        )
-    };
+    let http = |id| https(&cfg, id);
     let joining = Client::new(base.clone(), http(None)?);
     // A new key at every start, kept in memory only: nothing secret on disk but the
     // join token, and a restarted agent's old certificate is revoked by its re-join.

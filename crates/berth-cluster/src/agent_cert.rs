@@ -42,13 +42,12 @@ async fn renew(client: &Client, cfg: &AgentConfig) -> crate::agent::Result<()> {
         )
         .await?;
     let cert_pem = v["certificate"].as_str().unwrap_or_default();
-    let http = crate::tls::client(
-        &cfg.ca_pem,
+    let http = crate::agent::https(
+        cfg,
         Some(crate::tls::ClientIdentity {
             cert_pem,
             key_pem: &key_pem,
         }),
-        reqwest::Client::builder().connect_timeout(Duration::from_secs(3)),
     )?;
     client.replace(http);
     Ok(())
