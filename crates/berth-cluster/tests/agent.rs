@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(dead_code)] // shared with the store suites; this one needs only etcd's data dir
+mod store_support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_berth-cluster");
 
 /// The tests of this file one at a time: each starts a controller, agents and
@@ -30,6 +33,8 @@ struct Topology {
     namespaces: Vec<String>,
     procs: Vec<Child>,
     dir: tempfile::TempDir,
+    /// etcd's data directory (on tmpfs), removed with the topology.
+    etcd_dir: Option<tempfile::TempDir>,
     octet: u8,
 }
 
@@ -61,6 +66,7 @@ impl Topology {
             namespaces: Vec::new(),
             procs: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
+            etcd_dir: None,
             octet: ((pid + n * 97) % 250) as u8,
         };
         Some(t)
@@ -261,7 +267,9 @@ fn admin_get(t: &Topology, ctl_dir: &Path, path: &str) -> serde_json::Value {
 /// Starts etcd (Debian's etcd-server) inside the controller's namespace, on its
 /// loopback: the controller's store, killed with the topology. Its `--store` URL.
 fn etcd_in(t: &mut Topology, ns: &str) -> String {
-    let data = t.dir().join("etcd");
+    let etcd_dir = store_support::etcd_data_dir();
+    let data = etcd_dir.path().join("data");
+    t.etcd_dir = Some(etcd_dir);
     let (client, peer) = ("http://127.0.0.1:2379", "http://127.0.0.1:2380");
     t.spawn_program(
         ns,

@@ -86,6 +86,24 @@ async fn open_embedded(path: PathBuf, options: EmbeddedOptions) -> Arc<dyn Store
     Arc::new(opened.expect("open embedded store"))
 }
 
+/// etcd's data directory, on tmpfs where there is one: etcd preallocates 64 MiB of
+/// write-ahead log per instance and fsyncs every commit, and neither needs to reach a
+/// disk for a test (a CI machine's disk may be nearly full).
+pub fn etcd_data_dir() -> TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let builder = {
+        let mut b = tempfile::Builder::new();
+        b.prefix("berth-etcd-");
+        b
+    };
+    if shm.is_dir() {
+        if let Ok(dir) = builder.tempdir_in(shm) {
+            return dir;
+        }
+    }
+    builder.tempdir().expect("tempdir for etcd")
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -109,7 +127,7 @@ impl EtcdServer {
                  the etcd store tests need Debian's etcd-server: apt-get install -y etcd-server"
             );
         }
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = etcd_data_dir();
         let mut server = EtcdServer {
             dir,
             child: None,
