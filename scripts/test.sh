@@ -15,7 +15,7 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 avail_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
 echo "scripts/test.sh: $((avail_kb / 1024 / 1024)) GiB free on $(df -P . | awk 'NR == 2 { print $6 }')"
 if [ "${avail_kb:-0}" -lt $((4 * 1024 * 1024)) ]; then
-  echo "scripts/test.sh: warning: under 4 GiB free; the build alone needs about 3" >&2
+  echo "scripts/test.sh: warning: under 4 GiB free; the build alone needs about 2" >&2
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
