@@ -664,6 +664,18 @@ fn e2e(backend: Backend) {
         }),
         "hosts not all up after the controller restart"
     );
+    // And in sync: heartbeats write the store, but a host that applied every change to
+    // the map is not behind.
+    let mut last = serde_json::Value::Null;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            last = admin_get(&t, &ctl_dir, "status");
+            last[0]["hosts"]
+                .as_array()
+                .is_some_and(|a| a.len() == 3 && a.iter().all(|h| h["behind"].as_u64() == Some(0)))
+        }),
+        "hosts not in sync after the controller restart: {last}"
+    );
 }
 
 /// Starts the agent of host `h` (the `i`-th, 0-based, after the controller) with its

@@ -279,6 +279,82 @@ async fn join_needs_the_token_and_agents_act_only_as_themselves() {
     );
 }
 
+/// `status` measures hosts against the map's latest change, not the store's revision:
+/// heartbeats (and their own writes) don't make a host that applied everything look
+/// behind; a new container does until the host reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_measures_hosts_against_the_maps_latest_change() {
+    let c = controller().await;
+    let (joined, cred) = c.join("a", 1).await;
+    let block = joined["host"]["blocks"][0].as_str().unwrap().to_string();
+    let beat = |applied: u64| {
+        let cred = &cred;
+        let c = &c;
+        async move {
+            let body = json!({ "applied_revision": applied });
+            let (code, v) = c
+                .call(cred, "PUT", "/v1/hosts/a/heartbeat", Some(body))
+                .await;
+            assert_eq!(code, 200, "{v}");
+        }
+    };
+    let status = || async {
+        let (code, st) = c.call(&c.admin, "GET", "/v1/status", None).await;
+        assert_eq!(code, 200, "{st}");
+        st
+    };
+    // The follower catches up with the join in the background.
+    let joined_at = c.store.get("/hosts/a").await.unwrap().unwrap().mod_revision;
+    let mut st = Value::Null;
+    for _ in 0..100 {
+        beat(c.store.revision().await.unwrap()).await;
+        st = status().await;
+        if st["map_revision"].as_u64() >= Some(joined_at) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(st["map_revision"].as_u64() >= Some(joined_at), "{st}");
+    assert_eq!(st["hosts"][0]["behind"], 0, "{st}");
+    // Heartbeats move the store's revision, not the map's.
+    let map = st["map_revision"].as_u64().unwrap();
+    for _ in 0..3 {
+        beat(map).await;
+    }
+    let st = status().await;
+    assert!(st["revision"].as_u64().unwrap() >= map + 3, "{st}");
+    assert_eq!(st["map_revision"].as_u64().unwrap(), map, "{st}");
+    assert_eq!(st["hosts"][0]["behind"], 0, "{st}");
+
+    // A container is a change: behind until the host reports its revision.
+    let net: ipnet::Ipv4Net = block.parse().unwrap();
+    let addr = std::net::Ipv4Addr::from(u32::from(net.network()) + 2).to_string();
+    let (code, v) = c
+        .call(
+            &cred,
+            "PUT",
+            "/v1/containers/c1",
+            Some(json!({"host": "a", "addr": addr, "name": "web"})),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let added = v["revision"].as_u64().unwrap();
+    let mut st = Value::Null;
+    for _ in 0..100 {
+        st = status().await;
+        if st["map_revision"].as_u64() == Some(added) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(st["map_revision"].as_u64(), Some(added), "{st}");
+    let applied = st["hosts"][0]["applied_revision"].as_u64().unwrap();
+    assert!(applied < added, "{st}");
+    assert_eq!(st["hosts"][0]["behind"].as_u64(), Some(added - applied), "{st}");
+    beat(added).await;
+    assert_eq!(status().await["hosts"][0]["behind"], 0);
+}
+
 /// A host renews its own certificate with its current one: the new one works, the old
 /// one is revoked; nobody else may renew it, and a bad CSR changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -500,7 +500,10 @@ async fn cluster(c: ClusterCmd) -> Result<()> {
             }
         }
         ("table", ClusterCmd::Status(_)) => {
-            println!("controller revision {}", v["revision"]);
+            println!(
+                "controller revision {}, map changed last at {}",
+                v["revision"], v["map_revision"]
+            );
             match v["leader"].as_object() {
                 Some(l) => println!(
                     "leader {} ({}) since revision {}",

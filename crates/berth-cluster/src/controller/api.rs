@@ -41,6 +41,8 @@ const WATCHABLE: [&str; 4] = [
 #[derive(Clone)]
 pub struct Api {
     pub store: Arc<dyn Store>,
+    /// The latest change to the map, which `status` measures hosts against.
+    pub map_revision: Arc<super::map_revision::MapRevision>,
 }
 
 /// An error as the API reports it.
@@ -318,7 +320,9 @@ async fn containers(
     Ok(Json(json!({ "revision": revision, "containers": cs })))
 }
 
-/// Each host's applied revision against the controller's, and which controller leads.
+/// Each host's applied revision against the map's latest change, and which controller
+/// leads. `revision` is the store's; heartbeats alone move it, so it is not what hosts
+/// are measured against (see [`super::map_revision`]).
 async fn status(
     State(api): State<Api>,
     Extension(peer): Extension<Peer>,
@@ -329,6 +333,11 @@ async fn status(
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let (hosts, _) = state::hosts(api.store.as_ref()).await?;
     let revision = api.store.revision().await?;
+    // Until the follower's first listing, the store's revision: conservative.
+    let map_revision = match api.map_revision.get() {
+        0 => revision,
+        r => r,
+    };
     let rows: Vec<_> = hosts
         .iter()
         .map(|h| {
@@ -336,13 +345,13 @@ async fn status(
                 "name": h.name,
                 "state": h.state,
                 "applied_revision": h.applied_revision,
-                "behind": revision.saturating_sub(h.applied_revision),
+                "behind": map_revision.saturating_sub(h.applied_revision),
                 "last_heartbeat_ms": h.last_heartbeat_ms,
             })
         })
         .collect();
     Ok(Json(
-        json!({ "revision": revision, "leader": leader, "hosts": rows }),
+        json!({ "revision": revision, "map_revision": map_revision, "leader": leader, "hosts": rows }),
     ))
 }
 

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod leader;
+pub mod map_revision;
 pub mod pki;
 pub mod serve;
 pub mod state;

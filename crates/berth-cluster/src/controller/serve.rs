@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use super::api::{self, Api};
 use super::leader::{self, Candidate, LeaderConfig};
+use super::map_revision::{self, MapRevision};
 use super::pki;
 use super::state::{self, StateError};
 use crate::store::Store;
@@ -51,7 +52,15 @@ pub async fn serve(
         leader.candidate(&addr),
         leader.lease,
     )));
-    let app = api::router(Api { store });
+    let map_revision = MapRevision::new();
+    let _map_follower = AbortOnDrop(tokio::spawn(map_revision::follow(
+        store.clone(),
+        map_revision.clone(),
+    )));
+    let app = api::router(Api {
+        store,
+        map_revision,
+    });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, _) = match listener.accept().await {
