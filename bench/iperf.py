@@ -7,15 +7,17 @@ import time
 IPERF_PORT = 5201
 
 
-def in_ns(ns, cmd):
-    """`cmd` run inside the network namespace at path `ns` (None: this one)."""
-    return ["nsenter", f"--net={ns}"] + cmd if ns else cmd
+def in_ns(ns, cmd, cpu=None):
+    """`cmd` run inside the network namespace at path `ns` (None: this one), on CPU
+    `cpu` if given."""
+    cmd = ["nsenter", f"--net={ns}"] + cmd if ns else cmd
+    return ["taskset", "-c", str(cpu)] + cmd if cpu is not None else cmd
 
 
-def server(ns, remember):
-    """Starts an iperf3 server in `ns` and waits (up to ~10 s) until it listens;
-    `remember(pid)` records it for the cleanup. Returns the process."""
-    p = subprocess.Popen(in_ns(ns, ["iperf3", "-s", "-p", str(IPERF_PORT)]),
+def server(ns, remember, cpu=None):
+    """Starts an iperf3 server in `ns` (on CPU `cpu` if given) and waits (up to ~10 s)
+    until it listens; `remember(pid)` records it for the cleanup. Returns the process."""
+    p = subprocess.Popen(in_ns(ns, ["iperf3", "-s", "-p", str(IPERF_PORT)], cpu),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     remember(p.pid)
     want = f":{IPERF_PORT:04X} "
@@ -33,10 +35,11 @@ def server(ns, remember):
     raise RuntimeError(f"iperf3 server in {ns} not listening")
 
 
-def client(ns, addr, port, secs):
-    """One stream of `secs` seconds (after 1 s omitted): (Gbit/s received, retransmits)."""
+def client(ns, addr, port, secs, cpu=None):
+    """One stream of `secs` seconds (after 1 s omitted), on CPU `cpu` if given:
+    (Gbit/s received, retransmits)."""
     cmd = in_ns(ns, ["iperf3", "-c", addr, "-p", str(port), "-t", str(secs), "-O", "1", "-J",
-                     "--connect-timeout", "3000"])
+                     "--connect-timeout", "3000"], cpu)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30)
     v = json.loads(r.stdout)
     if "error" in v:

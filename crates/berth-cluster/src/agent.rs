@@ -246,6 +246,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     ocfg.port = joined.cluster.vxlan_port;
     ocfg.nft_table = cfg.nft_table.clone();
     ocfg.tx_checksum = cfg.tx_checksum;
+    ocfg.cluster = Some(crate::overlay::ClusterSpace {
+        cidr: joined.cluster.cidr,
+        block_prefix: joined.cluster.block_prefix,
+    });
     let started = tokio::task::spawn_blocking(move || Overlay::start(ocfg))
         .await
         .map_err(|e| AgentError::Task(e.to_string()))??;

@@ -350,7 +350,11 @@ async fn status_measures_hosts_against_the_maps_latest_change() {
     assert_eq!(st["map_revision"].as_u64(), Some(added), "{st}");
     let applied = st["hosts"][0]["applied_revision"].as_u64().unwrap();
     assert!(applied < added, "{st}");
-    assert_eq!(st["hosts"][0]["behind"].as_u64(), Some(added - applied), "{st}");
+    assert_eq!(
+        st["hosts"][0]["behind"].as_u64(),
+        Some(added - applied),
+        "{st}"
+    );
     beat(added).await;
     assert_eq!(status().await["hosts"][0]["behind"], 0);
 }

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_cluster::overlay::{
-    ethtool, nft, read_actual, vtep_mac, Overlay, OverlayConfig, RemoteHost, TxChecksum,
+    ethtool, nft, read_actual, vtep_mac, ClusterSpace, Overlay, OverlayConfig, RemoteHost,
+    TxChecksum,
 };
 use ipnet::Ipv4Net;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -277,6 +278,10 @@ impl Cluster {
         let block: Ipv4Net = format!("10.244.{i}.0/24").parse().unwrap();
         let mut config = OverlayConfig::new(underlay_ip, block);
         config.nft_table = format!("berth_ov_{}", self.prefix);
+        config.cluster = Some(ClusterSpace {
+            cidr: "10.244.0.0/16".parse().unwrap(),
+            block_prefix: 24,
+        });
         self.hosts.push(Host {
             name,
             containers: Vec::new(),
@@ -659,6 +664,19 @@ fn three_hosts_reach_each_other_by_cluster_address_encapsulated() {
     assert!(vx_rx(b) >= rx_before + 3);
     assert!(nft_counter(b, "berth-overlay:vxlan-accept:4789") > 0);
     assert_eq!(nft_counter(b, "berth-overlay:vxlan-drop:4789"), 0);
+
+    // Container to container packets are left untracked; packets to a host's own
+    // cluster address (here b's gateway, .1) are not.
+    const UNTRACKED: &str = "berth-overlay:notrack-cluster:10.244.0.0/16:24";
+    assert!(nft_counter(b, UNTRACKED) > 0);
+    let before = nft_counter(b, UNTRACKED);
+    let b_gw = Ipv4Addr::from(u32::from(b.block.network()) + 1);
+    assert!(reaches(&a.containers[0].ns, b_gw));
+    assert_eq!(
+        nft_counter(b, UNTRACKED),
+        before,
+        "a host's address left untracked"
+    );
 
     // Re-applying the same map changes nothing.
     let map = c.map();

@@ -237,6 +237,13 @@ pub(crate) fn network_rules(net: &NetworkConfig) -> String {
         rules.push(format!(
             "postrouting ip saddr {s} ip daddr != {c} oifname != \"{b}\" masquerade"
         ));
+        // A connection from the cluster to a port published on one of this host's
+        // addresses (hairpin included): the container answers the host, not the client
+        // directly, so the replies are un-DNAT'd; the overlay leaves only packets between
+        // two containers untracked.
+        rules.push(format!(
+            "postrouting oifname \"{b}\" ip saddr {c} ct status dnat masquerade"
+        ));
     } else {
         rules.push(format!(
             "forward oifname \"{b}\" iifname != \"{b}\" ct status & dnat == 0 drop"
@@ -506,6 +513,13 @@ mod tests {
             "postrouting ip saddr 10.89.1.0/24 ip daddr != 10.244.0.0/16 oifname != \"br-x\" masquerade"
         ), "{r}");
         assert!(!r.contains("ip saddr 10.89.1.0/24 oifname"), "{r}");
+        // DNAT'd connections from anywhere in the cluster answer through the host.
+        assert!(
+            r.contains(
+                "postrouting oifname \"br-x\" ip saddr 10.244.0.0/16 ct status dnat masquerade"
+            ),
+            "{r}"
+        );
     }
 
     #[test]

@@ -61,6 +61,31 @@ pub struct OverlayConfig {
     /// Who computes the inner packets' checksums (see [`TxChecksum`]).
     #[serde(default)]
     pub tx_checksum: TxChecksum,
+    /// The cluster's address space: packets between two containers in it are left
+    /// untracked (see [`super::nft`]); None tracks everything.
+    #[serde(default)]
+    pub cluster: Option<ClusterSpace>,
+}
+
+/// The cluster's address space and its hosts' block size. The first two addresses of
+/// every block are hosts' own (`.0` on the VXLAN device, `.1` the bridge's gateway);
+/// the rest are containers'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterSpace {
+    pub cidr: Ipv4Net,
+    pub block_prefix: u8,
+}
+
+impl ClusterSpace {
+    /// The host part of an address in a block, as a mask (0.0.0.255 for /24 blocks).
+    pub fn host_mask(&self) -> Ipv4Addr {
+        let bits = 32 - u32::from(self.block_prefix.min(32));
+        Ipv4Addr::from(if bits == 32 {
+            u32::MAX
+        } else {
+            (1u32 << bits) - 1
+        })
+    }
 }
 
 /// The UDP-checksum-offload pitfall: with TX checksum offload on the VXLAN device, the
@@ -95,6 +120,7 @@ impl OverlayConfig {
             mtu: None,
             nft_table: DEFAULT_NFT_TABLE.to_string(),
             tx_checksum: TxChecksum::Software,
+            cluster: None,
         }
     }
 

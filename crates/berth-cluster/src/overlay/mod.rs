@@ -27,7 +27,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 pub use checksum::ChecksumOffload;
-pub use config::{vtep_mac, ConfigError, OverlayConfig, RemoteHost, TxChecksum};
+pub use config::{vtep_mac, ClusterSpace, ConfigError, OverlayConfig, RemoteHost, TxChecksum};
 pub use kernel::{apply, read_actual, KernelError};
 pub use plan::{plan, select, Actual, FdbEntry, NeighEntry, Op, RouteEntry, Skipped};
 pub use vxlan::{delete_device, ensure_device, ensure_device_counted, DeviceError, Vtep};
