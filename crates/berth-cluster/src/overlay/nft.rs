@@ -4,22 +4,22 @@
 //! ```text
 //! table inet berth_overlay
 //!   set hosts     type ipv4_addr                  the up hosts' underlay addresses
-//!   chain input   filter hook, priority filter-5
-//!     udp dport 4789 ip saddr @hosts accept       berth-overlay:vxlan-accept:4789
-//!     udp dport 4789 drop                         berth-overlay:vxlan-drop:4789
-//!   chain notrack_in  filter hook prerouting, priority raw
-//!     udp dport 4789 ip saddr @hosts notrack      berth-overlay:notrack-in:4789
+//!   chain prerouting  filter hook prerouting, priority raw
+//!     udp dport 4789 ip saddr @hosts              berth-overlay:vxlan-accept:4789
+//!       notrack accept
+//!     udp dport 4789 fib daddr type               berth-overlay:vxlan-drop:4789
+//!       { local, broadcast, multicast } drop
 //!     ip saddr C ip daddr C                       berth-overlay:notrack-cluster:C:24
 //!       ip saddr & 0.0.0.255 > 0.0.0.1
 //!       ip daddr & 0.0.0.255 > 0.0.0.1 notrack
-//!   chain notrack_out filter hook output, priority raw
+//!   chain output  filter hook output, priority raw
 //!     udp dport 4789 ip daddr @hosts notrack      berth-overlay:notrack-out:4789
 //! ```
 //!
 //! Why the notrack rules: berth's own `inet berth` table has NAT chains, which make
 //! conntrack follow every packet of the namespace, the outer VXLAN datagrams included
 //! (a lookup on send and one on receive per packet, for flows nobody NATs or matches by
-//! state: the input rule above is stateless). Leaving them untracked costs nothing in
+//! state: the accept and drop rules are stateless). Leaving them untracked costs nothing in
 //! function and measured ~5-10% of a TCP stream's throughput across two hosts
 //! (docs/performance.md). The inner packets are still tracked, as on any berth network.
 //! A side effect: nothing on the host can NAT the outer datagrams between known hosts,
@@ -36,12 +36,17 @@
 //! cluster network masquerades such connections into the bridge so the container's
 //! replies go to a host address and are tracked too.
 //!
-//! Why the input rules: the VXLAN socket decapsulates whatever reaches its port, and the
-//! inner packet then enters this host's container bridge as if it came from the overlay;
-//! only the map's hosts may do that. There is no forward chain: a base chain costs every
-//! forwarded packet a traversal (perf showed nft_do_chain among the top kernel symbols of
-//! a cross-host stream), and counting the overlay's flows is what the VXLAN device's own
-//! counters already do.
+//! Why the accept and drop rules: the VXLAN socket decapsulates whatever reaches its
+//! port, and the inner packet then enters this host's container bridge as if it came
+//! from the overlay; only the map's hosts may do that. They sit in the raw prerouting
+//! chain rather than an input chain of their own, and a known host's datagram leaves
+//! that chain at its first rule: every base chain is one more traversal for every packet
+//! that reaches its hook (perf showed nft_do_chain among the top kernel symbols of a
+//! cross-host stream), and with checksum offload off the outer datagrams are one per
+//! MTU. Only datagrams from unknown senders pay the route lookup that tells whether they
+//! are for this host (a datagram routed through the host is none of our business). For
+//! the same reason there is no forward chain; counting the overlay's flows is what the
+//! VXLAN device's own counters already do.
 //!
 //! Each rule carries a tag that encodes its parameters; the table is re-created (one
 //! atomic batch) only when the tags differ from what the config asks, and otherwise only
@@ -137,7 +142,6 @@ pub(crate) fn expected_tags(cfg: &OverlayConfig) -> BTreeSet<String> {
     [
         format!("{TAG}vxlan-accept:{p}"),
         format!("{TAG}vxlan-drop:{p}"),
-        format!("{TAG}notrack-in:{p}"),
         format!("{TAG}notrack-out:{p}"),
     ]
     .into_iter()
@@ -183,17 +187,14 @@ pub(crate) fn table_script(cfg: &OverlayConfig, hosts: &BTreeSet<Ipv4Addr>) -> S
          delete table inet {t}\n\
          table inet {t} {{\n\
          \tset {SET} {{ type ipv4_addr;{elems} }}\n\
-         \tchain input {{\n\
-         \t\ttype filter hook input priority filter - 5; policy accept;\n\
-         \t\tudp dport {p} ip saddr @{SET} counter accept comment \"{TAG}vxlan-accept:{p}\"\n\
-         \t\tudp dport {p} counter drop comment \"{TAG}vxlan-drop:{p}\"\n\
-         \t}}\n\
-         \tchain notrack_in {{\n\
+         \tchain prerouting {{\n\
          \t\ttype filter hook prerouting priority raw; policy accept;\n\
-         \t\tudp dport {p} ip saddr @{SET} counter notrack comment \"{TAG}notrack-in:{p}\"\n\
+         \t\tudp dport {p} ip saddr @{SET} counter notrack accept comment \"{TAG}vxlan-accept:{p}\"\n\
+         \t\tudp dport {p} fib daddr type {{ local, broadcast, multicast }} counter drop \
+         comment \"{TAG}vxlan-drop:{p}\"\n\
          {cluster}\
          \t}}\n\
-         \tchain notrack_out {{\n\
+         \tchain output {{\n\
          \t\ttype filter hook output priority raw; policy accept;\n\
          \t\tudp dport {p} ip daddr @{SET} counter notrack comment \"{TAG}notrack-out:{p}\"\n\
          \t}}\n\
