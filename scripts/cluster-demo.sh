@@ -99,5 +99,12 @@ for h in h1 h2 h3; do
     echo "web-$h -> $target: ${out:-no reply}"
   done
 done
+# Each agent reports what it applied with its next heartbeat (every second): wait (5 s at
+# most) until every host has applied the map's latest change.
+for _ in $(seq 50); do
+  in_ns ctl "$bin/berth" cluster status --controller $ctl --format json 2>/dev/null |
+    python3 -c 'import json,sys; h=json.load(sys.stdin)["hosts"]; sys.exit(not h or any(x["behind"] for x in h))' && break
+  sleep 0.1
+done
 in_ns ctl "$bin/berth" cluster status --controller $ctl
 echo "== tearing down (containers, agents, controller, namespaces)"
