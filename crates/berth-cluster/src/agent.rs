@@ -436,13 +436,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                         let Ok(w) = serde_json::from_slice::<WatchLine>(&line) else { continue };
                         last = Some(w.revision);
                         if let Some(name) = w.key.strip_prefix(crate::model::HOSTS) {
-                            match w.value.and_then(|v| serde_json::from_value::<Host>(v).ok()) {
-                                Some(h) => {
-                                    changed |= hosts.get(name).is_none_or(|old| !old.same_route(&h));
-                                    hosts.insert(name.to_string(), h);
-                                }
-                                None => { changed |= hosts.remove(name).is_some(); }
-                            }
+                            let new = w.value.and_then(|v| serde_json::from_value::<Host>(v).ok());
+                            changed |= crate::model::record_host(&mut hosts, name, new);
                         }
                     }
                     if changed {

@@ -9,6 +9,7 @@
 //! /containers/<id>         Container    host, cluster address, name
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -95,6 +96,21 @@ impl Host {
             && self.vtep_mac == other.vtep_mac
             && self.blocks == other.blocks
             && self.state == other.state
+    }
+}
+
+/// Records `new` as host `name`'s record in `hosts` (None: the host is gone) and says
+/// whether that programs the overlay differently; a heartbeat does not
+/// ([`Host::same_route`]). Shared by the agent's map and the controller's
+/// `map_revision`, so both count the same changes.
+pub fn record_host(hosts: &mut BTreeMap<String, Host>, name: &str, new: Option<Host>) -> bool {
+    match new {
+        Some(h) => {
+            let changed = hosts.get(name).is_none_or(|old| !old.same_route(&h));
+            hosts.insert(name.to_string(), h);
+            changed
+        }
+        None => hosts.remove(name).is_some(),
     }
 }
 

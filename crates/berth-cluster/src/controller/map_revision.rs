@@ -8,7 +8,7 @@
 //! not seen a change to what it programs: a host record whose routing fields changed
 //! ([`Host::same_route`]), a block, a container.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +57,7 @@ pub async fn follow(store: Arc<dyn Store>, map: Arc<MapRevision>) {
 
 async fn follow_once(store: &dyn Store, map: &MapRevision) -> Result<(), String> {
     let listed = store.range(model::HOSTS).await.map_err(|e| e.to_string())?;
-    let mut hosts: HashMap<String, Host> = listed
+    let mut hosts: BTreeMap<String, Host> = listed
         .kvs
         .iter()
         .filter_map(|kv| {
@@ -80,22 +80,21 @@ async fn follow_once(store: &dyn Store, map: &MapRevision) -> Result<(), String>
 }
 
 /// Whether `ev` changes what some agent programs; keeps `hosts` current.
-pub(crate) fn changes_map(hosts: &mut HashMap<String, Host>, ev: &Event) -> bool {
+pub(crate) fn changes_map(hosts: &mut BTreeMap<String, Host>, ev: &Event) -> bool {
     let key = ev.kv.key.as_str();
     if let Some(name) = key.strip_prefix(model::HOSTS) {
         return match ev.kind {
             EventKind::Delete => {
-                hosts.remove(name);
+                model::record_host(hosts, name, None);
                 true
             }
             EventKind::Put => match serde_json::from_slice::<Host>(&ev.kv.value) {
-                Ok(h) => {
-                    let changed = hosts.get(name).is_none_or(|old| !old.same_route(&h));
-                    hosts.insert(name.to_string(), h);
-                    changed
-                }
+                Ok(h) => model::record_host(hosts, name, Some(h)),
                 // Not a host as this controller reads one: count it, to be safe.
-                Err(_) => true,
+                Err(_) => {
+                    hosts.remove(name);
+                    true
+                }
             },
         };
     }
@@ -134,7 +133,7 @@ mod tests {
 
     #[test]
     fn heartbeats_are_not_map_changes_but_routing_fields_are() {
-        let mut hosts = HashMap::new();
+        let mut hosts = BTreeMap::new();
         assert!(
             changes_map(&mut hosts, &put("/hosts/a", host("up", 1, 0), 2)),
             "a new host"
@@ -163,7 +162,7 @@ mod tests {
 
     #[test]
     fn containers_and_blocks_are_map_changes_secrets_and_elections_are_not() {
-        let mut hosts = HashMap::new();
+        let mut hosts = BTreeMap::new();
         assert!(changes_map(
             &mut hosts,
             &put("/containers/abc", b"{}".to_vec(), 2)
