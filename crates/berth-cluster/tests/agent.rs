@@ -462,54 +462,10 @@ fn e2e(backend: Backend) {
             .unwrap();
         let o = t.berth(h, &root, &["import", image.to_str().unwrap(), "busybox:c"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let o = t.berth(
-            h,
-            &root,
-            &[
-                "run",
-                "-d",
-                "--name",
-                &format!("c-{h}"),
-                "--network",
-                "cluster",
-                "--dns",
-                "127.0.0.1",
-                "busybox:c",
-                "sleep",
-                "60",
-            ],
-        );
-        assert!(
-            o.status.success(),
-            "run on {h}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let o = t.berth(
-            h,
-            &root,
-            &[
-                "exec",
-                &format!("c-{h}"),
-                "ip",
-                "-4",
-                "-o",
-                "addr",
-                "show",
-                "eth0",
-            ],
-        );
-        let text = String::from_utf8_lossy(&o.stdout).to_string();
-        let addr = text
-            .split_whitespace()
-            .nth(3)
-            .unwrap_or("")
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let addr = run_on_cluster(&t, h, &root, &format!("c-{h}"));
         assert!(
             addr.starts_with(&vtep(h)[..vtep(h).len() - 1]),
-            "{h}: {text}"
+            "{h}: {addr}"
         );
         addrs.push(addr);
     }
@@ -799,6 +755,12 @@ fn join_agent(
 /// `berth run -d --network cluster` of a sleeping busybox named `name`; returns its
 /// cluster address.
 fn run_on_cluster(t: &Topology, h: &str, root: &Path, name: &str) -> String {
+    start_on_cluster(t, h, root, name);
+    cluster_addr(t, h, root, name)
+}
+
+/// `berth run -d --network cluster` of a sleeping busybox named `name`.
+fn start_on_cluster(t: &Topology, h: &str, root: &Path, name: &str) {
     let o = t.berth(
         h,
         root,
@@ -822,6 +784,10 @@ fn run_on_cluster(t: &Topology, h: &str, root: &Path, name: &str) -> String {
         String::from_utf8_lossy(&o.stderr),
         t.log(&format!("{h}.log"))
     );
+}
+
+/// Container `name`'s address on its eth0, as the container sees it.
+fn cluster_addr(t: &Topology, h: &str, root: &Path, name: &str) -> String {
     let o = t.berth(
         h,
         root,
@@ -1048,21 +1014,7 @@ fn the_engines_notification_reports_a_container_without_waiting_for_the_period()
         &["import", image.to_str().unwrap(), "busybox:c"],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let run = [
-        "run",
-        "-d",
-        "--name",
-        "quick",
-        "--network",
-        "cluster",
-        "--dns",
-        "127.0.0.1",
-        "busybox:c",
-        "sleep",
-        "60",
-    ];
-    let o = t.berth("h1", &root, &run);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    start_on_cluster(&t, "h1", &root, "quick");
     let ran = Instant::now();
     let count = |t: &Topology| {
         admin_get(t, &ctl_dir, "containers")
