@@ -96,14 +96,7 @@ impl Net {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "berth {args:?}: {}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            String::from_utf8_lossy(&o.stdout)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        stdout_of_success("berth", args, self.run(args))
     }
 
     fn fails(&self, args: &[&str]) -> String {

@@ -154,14 +154,7 @@ impl Runtime {
 
     /// Runs and asserts success, returning stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "berth oci {args:?} failed: {}\nstdout: {}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of_success("berth oci", args, self.run(args))
     }
 
     /// Runs and asserts failure, returning stderr.
@@ -362,14 +355,7 @@ impl Berth {
 
     /// Runs and asserts success, returning stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "berth {args:?}: {}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            String::from_utf8_lossy(&o.stdout)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        stdout_of_success("berth", args, self.run(args))
     }
 }
 
@@ -381,6 +367,18 @@ impl Drop for Berth {
         }
         unmount_under(self.dir.path());
     }
+}
+
+/// The stdout of `o`, a run of `what args`, after asserting it succeeded (the message
+/// carries both streams).
+pub fn stdout_of_success(what: &str, args: &[&str], o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "{what} {args:?} failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A busybox rootfs as a tarball under `dir` (for `import`), the rootfs itself removed.
