@@ -1,6 +1,7 @@
 //! The controller's HTTPS API on loopback, backed by the embedded store: mutual TLS with
 //! the cluster CA only, join with and without the token, agents acting only as themselves, CAS on containers, bad requests
-//! that change nothing, watch from a revision, and a compacted watch answered with 410.
+//! that change nothing, watch from a revision, and a compacted watch answered with 410,
+//! removing a host.
 
 #[allow(dead_code)] // shared with the store suites, which use all of it
 mod store_support;
@@ -400,6 +401,73 @@ async fn a_host_renews_its_certificate_and_the_old_one_stops_working() {
         .0,
         200
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_removes_a_host_and_its_certificate_stops_working() {
+    let c = controller().await;
+    let (a, a_client) = c.join("a", 1).await;
+    let (_, b_client) = c.join("b", 2).await;
+    let block = a["host"]["blocks"][0].as_str().unwrap().to_string();
+    let addr = block.replace(".0/24", ".5");
+    let (code, v) = c
+        .call(
+            &a_client,
+            "PUT",
+            "/v1/containers/c1",
+            Some(json!({"host": "a", "addr": addr})),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let before = c.store.revision().await.unwrap();
+    // Only the admin; an up host only with force; nothing changes until then.
+    let (code, v) = c.call(&b_client, "DELETE", "/v1/hosts/a", None).await;
+    assert_eq!(code, 403, "{v}");
+    let (code, v) = c.call(&a_client, "DELETE", "/v1/hosts/a", None).await;
+    assert_eq!(code, 403, "{v}");
+    let (code, v) = c.call(&c.admin, "DELETE", "/v1/hosts/a", None).await;
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("is up"), "{v}");
+    let (code, v) = c.call(&c.admin, "DELETE", "/v1/hosts/nobody", None).await;
+    assert_eq!(code, 404, "{v}");
+    let (code, v) = c.call(&c.admin, "DELETE", "/v1/hosts/a/x", None).await;
+    assert!((400..500).contains(&code), "{code} {v}");
+    assert_eq!(
+        c.store.revision().await.unwrap(),
+        before,
+        "a refused removal wrote"
+    );
+
+    let (code, v) = c
+        .call(&c.admin, "DELETE", "/v1/hosts/a?force=true", None)
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["host"]["blocks"][0], block.as_str());
+    assert_eq!(v["containers"], json!(["c1"]));
+    // a's certificate was revoked with it; b's still works and sees neither.
+    let (code, _) = c
+        .call(
+            &a_client,
+            "PUT",
+            "/v1/hosts/a/heartbeat",
+            Some(json!({"applied_revision": 1})),
+        )
+        .await;
+    assert_eq!(code, 401);
+    let (code, v) = c.call(&b_client, "GET", "/v1/hosts", None).await;
+    assert_eq!(code, 200);
+    let names: Vec<&str> = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b"]);
+    let (_, v) = c.call(&b_client, "GET", "/v1/containers", None).await;
+    assert_eq!(v["containers"], json!([]));
+    // The freed block goes to the next host that joins.
+    let (d, _) = c.join("d", 4).await;
+    assert_eq!(d["host"]["blocks"][0], block.as_str());
 }
 
 /// A client certificate from another CA fails the handshake; a client that doesn't

@@ -1,7 +1,7 @@
 //! The controller's state operations, the same bodies against the embedded store and a
 //! real etcd: joins get distinct blocks (also when racing), re-joins keep theirs,
 //! heartbeats and the down sweep, containers only in the caller's blocks and only by
-//! their own host, compare-and-swap on container records.
+//! their own host, compare-and-swap on container records, removing a host.
 
 #[allow(dead_code)] // shared with the store suites, which use all of it
 mod store_support;
@@ -174,6 +174,91 @@ async fn containers_only_in_own_blocks_by_own_host(s: Arc<dyn Store>) {
     assert!(state::put_container(s, "a", &bad, None).await.is_err());
 }
 
+async fn removing_a_host_frees_its_blocks_and_containers(s: Arc<dyn Store>) {
+    let s = s.as_ref();
+    // A /23 of /24s: room for two hosts only, so the freed block is visibly reused.
+    let mut c = cluster(1_000);
+    c.cidr = "10.244.0.0/23".parse().unwrap();
+    state::init(s, &c).await.unwrap();
+    let a = state::join(s, &info("a", 1)).await.unwrap();
+    state::join(s, &info("b", 2)).await.unwrap();
+    let e = state::join(s, &info("c", 3)).await.unwrap_err();
+    assert!(e.to_string().contains("exhausted"), "{e}");
+    let in_a = |i: u32| Ipv4Addr::from(u32::from(a.blocks[0].network()) + i);
+    for (id, i) in [("c1", 2), ("c2", 3)] {
+        let rec = Container {
+            id: id.into(),
+            host: "a".into(),
+            addr: in_a(i),
+            name: String::new(),
+        };
+        state::put_container(s, "a", &rec, None).await.unwrap();
+    }
+    let none = berth_cluster::store::Txn::new();
+    // Up: refused unless forced, and nothing changed.
+    let e = state::remove_host(s, "a", false, &none).await.unwrap_err();
+    assert!(matches!(e, StateError::HostUp(_)), "{e}");
+    assert!(e.to_string().contains("force"), "{e}");
+    assert_eq!(state::containers(s).await.unwrap().0.len(), 2);
+    // Down (its heartbeats stopped): removed with its block and containers.
+    let down = state::sweep(s, state::now_ms() + 1_500).await.unwrap();
+    assert!(down.contains(&"a".to_string()), "{down:?}");
+    let removed = state::remove_host(s, "a", false, &none).await.unwrap();
+    assert_eq!(removed.host.blocks, a.blocks);
+    let mut ids = removed.containers.clone();
+    ids.sort();
+    assert_eq!(ids, ["c1", "c2"]);
+    assert!(state::get_host(s, "a").await.unwrap().is_none());
+    assert!(state::containers(s).await.unwrap().0.is_empty());
+    assert!(s
+        .get(&berth_cluster::model::block_key(a.blocks[0]))
+        .await
+        .unwrap()
+        .is_none());
+    // The removed host can no longer write, and its block goes to the next host.
+    let late = Container {
+        id: "c3".into(),
+        host: "a".into(),
+        addr: in_a(4),
+        name: String::new(),
+    };
+    assert!(matches!(
+        state::put_container(s, "a", &late, None).await,
+        Err(StateError::UnknownHost(_))
+    ));
+    let c3 = state::join(s, &info("c", 3)).await.unwrap();
+    assert_eq!(c3.blocks, a.blocks);
+    assert!(matches!(
+        state::remove_host(s, "a", true, &none).await,
+        Err(StateError::UnknownHost(_))
+    ));
+    // Forced: an up host goes too.
+    assert_eq!(
+        state::heartbeat(s, "b", 1).await.unwrap().state,
+        HostState::Up
+    );
+    assert!(state::remove_host(s, "b", false, &none).await.is_err());
+    state::remove_host(s, "b", true, &none).await.unwrap();
+    assert!(state::get_host(s, "b").await.unwrap().is_none());
+    // A record whose host is gone (an interrupted removal) is collected.
+    let orphan = Container {
+        id: "o1".into(),
+        host: "gone".into(),
+        addr: in_a(9),
+        name: String::new(),
+    };
+    s.put(
+        &berth_cluster::model::container_key("o1"),
+        serde_json::to_vec(&orphan).unwrap(),
+        berth_cluster::store::Condition::Absent,
+    )
+    .await
+    .unwrap();
+    assert_eq!(state::delete_orphans(s, None).await.unwrap(), ["o1"]);
+    assert!(state::containers(s).await.unwrap().0.is_empty());
+    assert!(state::delete_orphans(s, None).await.unwrap().is_empty());
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -202,4 +287,5 @@ on_both_backends!(
     racing_joins_never_share_a_block,
     heartbeats_and_the_down_sweep,
     containers_only_in_own_blocks_by_own_host,
+    removing_a_host_frees_its_blocks_and_containers,
 );

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -69,6 +69,7 @@ impl From<StateError> for ApiError {
             StateError::UnknownHost(_) | StateError::UnknownContainer(_) => StatusCode::NOT_FOUND,
             StateError::Forbidden { .. } => StatusCode::FORBIDDEN,
             StateError::Stale { .. }
+            | StateError::HostUp(_)
             | StateError::UnderlayChanged { .. }
             | StateError::Deposed(_) => StatusCode::CONFLICT,
             StateError::NotInitialized => StatusCode::SERVICE_UNAVAILABLE,
@@ -215,6 +216,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/join", post(join))
         .route("/v1/cluster", get(cluster))
         .route("/v1/hosts", get(hosts))
+        .route("/v1/hosts/{name}", delete(remove_host))
         .route("/v1/hosts/{name}/heartbeat", put(heartbeat))
         .route("/v1/hosts/{name}/blocks", post(add_block))
         .route("/v1/hosts/{name}/certificate", post(renew_certificate))
@@ -352,6 +354,42 @@ async fn status(
         .collect();
     Ok(Json(
         json!({ "revision": revision, "map_revision": map_revision, "leader": leader, "hosts": rows }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RemoveQuery {
+    /// Remove the host even while it is up.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Removes a host (admin only): its record, its blocks and its containers' records, and
+/// revokes its certificate in the same transaction, so a forced removal also shuts its
+/// agent out.
+async fn remove_host(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<Json<state::RemovedHost>> {
+    let who = identify(api.store.as_ref(), &peer).await?;
+    if who != Identity::Admin {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("only the admin may remove host {name}"),
+        ));
+    }
+    let mut revoke = Txn::new();
+    let key = format!("{HOST_CERTS}{name}");
+    if let Some(kv) = api.store.get(&key).await? {
+        revoke = revoke
+            .when(key.clone(), Condition::ModRevision(kv.mod_revision))
+            .delete(key)
+            .delete(format!("{CERTS}{}", String::from_utf8_lossy(&kv.value)));
+    }
+    Ok(Json(
+        state::remove_host(api.store.as_ref(), &name, q.force, &revoke).await?,
     ))
 }
 

@@ -34,6 +34,8 @@ pub struct Peer {
 /// A TLS handshake that takes longer than this is dropped (a stalled or hostile client
 /// must not hold a task forever).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the leader looks for container records of removed hosts.
+const ORPHAN_PERIOD: Duration = Duration::from_secs(60);
 
 /// Serves HTTPS until the listener fails; the sweep runs alongside, while this
 /// controller leads.
@@ -124,6 +126,9 @@ async fn sweep_loop(store: Arc<dyn Store>, me: Candidate, lease: Duration) {
             leadership.fence().key,
             leadership.fence().revision
         );
+        // Container records of removed hosts, left by a removal that was interrupted:
+        // looked for now and then, not every sweep (it lists every container).
+        let mut orphans_checked = std::time::Instant::now() - ORPHAN_PERIOD;
         let why = loop {
             let period = match state::get_cluster(store.as_ref()).await {
                 Ok(c) => Duration::from_millis((c.heartbeat_timeout_ms / 3).max(100)),
@@ -143,6 +148,19 @@ async fn sweep_loop(store: Arc<dyn Store>, me: Candidate, lease: Duration) {
                 Err(e @ StateError::Deposed(_)) => break e.to_string(),
                 // A failed sweep (store unreachable) is retried next period.
                 Err(_) => {}
+            }
+            if orphans_checked.elapsed() >= ORPHAN_PERIOD {
+                orphans_checked = std::time::Instant::now();
+                match state::delete_orphans(store.as_ref(), Some(&fence)).await {
+                    Ok(ids) if !ids.is_empty() => eprintln!(
+                        "berth controller {}: removed {} container records of removed hosts",
+                        me.name,
+                        ids.len()
+                    ),
+                    Ok(_) => {}
+                    Err(e @ StateError::Deposed(_)) => break e.to_string(),
+                    Err(_) => {}
+                }
             }
         };
         eprintln!("berth controller {}: lost leadership: {why}", me.name);

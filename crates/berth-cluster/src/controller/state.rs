@@ -58,6 +58,11 @@ pub enum StateError {
         .0.key, .0.revision
     )]
     Deposed(Fence),
+    #[error(
+        "host {0} is up: stop its agent and let it be marked down, or force the removal \
+         (its containers lose the cluster)"
+    )]
+    HostUp(String),
     #[error("container {id}: revision {expected} expected, it is at {actual}")]
     Stale {
         id: String,
@@ -354,8 +359,18 @@ pub async fn put_container(
         Some(r) => Condition::ModRevision(r),
         None => Condition::Absent,
     };
-    match store.put(&key, encode(c), cond).await {
-        Ok(rev) => Ok(rev),
+    // The host must still exist as the record is written: a host removed meanwhile
+    // (remove_host) leaves no container behind.
+    let host_key = model::host_key(caller);
+    let txn = Txn::new()
+        .when(&host_key, Condition::Exists)
+        .when(&key, cond)
+        .put(&key, encode(c));
+    match store.txn(txn).await {
+        Ok(outcome) => Ok(outcome.revision),
+        Err(StoreError::CompareFailed(f)) if f.key == host_key => {
+            Err(StateError::UnknownHost(caller.to_string()))
+        }
         Err(StoreError::CompareFailed(f)) => Err(StateError::Stale {
             id: c.id.clone(),
             expected: expect.unwrap_or(0),
@@ -393,4 +408,106 @@ pub async fn delete_container(
         Some(rev) => Ok(rev),
         None => Err(StateError::UnknownContainer(id.to_string())),
     }
+}
+
+/// Most keys one transaction deletes: etcd refuses transactions of more than 128
+/// operations by default (`--max-txn-ops`).
+const DELETE_BATCH: usize = 100;
+
+/// What [`remove_host`] took away.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RemovedHost {
+    pub host: Host,
+    /// Ids of the host's container records that were removed.
+    pub containers: Vec<String>,
+}
+
+/// Removes a host from the cluster (an admin's act, as `docker node rm`): its record and
+/// its blocks in one transaction, with `extra`'s compares and deletes (the API's
+/// certificate records), so the blocks are free for other hosts at once and every agent
+/// withdraws the host's routes on the delete; then the host's container records.
+/// A host that is up is refused unless `force`: its agent would be cut off while its
+/// containers run. Container records can no longer be written for the host once it is
+/// gone ([`put_container`] requires it), and any left by an interrupted removal are
+/// taken away by the leader later ([`delete_orphans`]).
+pub async fn remove_host(
+    store: &dyn Store,
+    name: &str,
+    force: bool,
+    extra: &Txn,
+) -> Result<RemovedHost> {
+    model::validate_host_name(name)?;
+    let mut removed = None;
+    for _ in 0..CAS_RETRIES {
+        let (host, rev) = get_host(store, name)
+            .await?
+            .ok_or_else(|| StateError::UnknownHost(name.to_string()))?;
+        if host.state == HostState::Up && !force {
+            return Err(StateError::HostUp(name.to_string()));
+        }
+        let mut txn = Txn::new().when(model::host_key(name), Condition::ModRevision(rev));
+        txn.compares.extend(extra.compares.iter().cloned());
+        txn = txn.delete(model::host_key(name));
+        for b in &host.blocks {
+            txn = txn.delete(model::block_key(*b));
+        }
+        txn.ops.extend(extra.ops.iter().cloned());
+        match store.txn(txn).await {
+            Ok(_) => {
+                removed = Some(host);
+                break;
+            }
+            Err(StoreError::CompareFailed(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let host = removed.ok_or_else(|| StateError::Contended {
+        what: format!("removing host {name}"),
+    })?;
+    let containers = delete_orphans(store, None).await?;
+    Ok(RemovedHost { host, containers })
+}
+
+/// Deletes the container records whose host no longer exists (left by a removal that
+/// was interrupted), in batches; returns their ids. The leader runs it now and then;
+/// with `fence`, nothing is written once the leadership is gone. Containers are listed
+/// before hosts: a record seen here was written while its host existed (see
+/// [`put_container`]), so a host missing from the later listing was removed since.
+pub async fn delete_orphans(store: &dyn Store, fence: Option<&Fence>) -> Result<Vec<String>> {
+    let cs = store.range(model::CONTAINERS).await?;
+    let hosts = store.range(model::HOSTS).await?;
+    let live: std::collections::BTreeSet<&str> = hosts
+        .kvs
+        .iter()
+        .filter_map(|kv| kv.key.strip_prefix(model::HOSTS))
+        .collect();
+    let mut orphans = Vec::new();
+    for kv in &cs.kvs {
+        let c: Container = decode(kv)?;
+        if !live.contains(c.host.as_str()) {
+            orphans.push((kv.key.clone(), kv.mod_revision, c.id));
+        }
+    }
+    let mut deleted = Vec::new();
+    for batch in orphans.chunks(DELETE_BATCH) {
+        let mut txn = Txn::new();
+        if let Some(f) = fence {
+            txn.compares.push(f.compare());
+        }
+        for (key, rev, _) in batch {
+            txn = txn.when(key, Condition::ModRevision(*rev)).delete(key);
+        }
+        match store.txn(txn).await {
+            Ok(_) => deleted.extend(batch.iter().map(|(_, _, id)| id.clone())),
+            Err(StoreError::CompareFailed(c)) => {
+                if let Some(f) = fence.filter(|f| f.key == c.key) {
+                    return Err(StateError::Deposed(f.clone()));
+                }
+                // A record changed meanwhile (its agent deleted it): the next sweep
+                // looks again.
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(deleted)
 }
