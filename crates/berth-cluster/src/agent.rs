@@ -46,6 +46,11 @@ pub enum AgentError {
     Blocks(#[from] crate::blocks::BlocksError),
     #[error(transparent)]
     Notify(#[from] crate::agent_notify::NotifyError),
+    #[error(
+        "host {0} was removed from the cluster (`berth cluster hosts rm`): its overlay is \
+         torn down; join again to come back"
+    )]
+    Removed(String),
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
@@ -390,6 +395,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             .into_iter()
             .map(|h| (h.name.clone(), h))
             .collect();
+        if !hosts.contains_key(&cfg.name) {
+            return leave(&cfg, &overlay).await;
+        }
         match reconcile(&overlay, &hosts).await {
             Ok(n) => {
                 applied.store(revision, Ordering::Relaxed);
@@ -437,6 +445,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                         last = Some(w.revision);
                         if let Some(name) = w.key.strip_prefix(crate::model::HOSTS) {
                             let new = w.value.and_then(|v| serde_json::from_value::<Host>(v).ok());
+                            if name == cfg.name && new.is_none() {
+                                return leave(&cfg, &overlay).await;
+                            }
                             changed |= crate::model::record_host(&mut hosts, name, new);
                         }
                     }
@@ -458,6 +469,30 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
         }
     }
+}
+
+/// This host was removed from the cluster: its blocks may already belong to another
+/// host, so the overlay goes (device and nftables table) and so does the host file, which
+/// would let `berth run --network cluster` hand out their addresses. Containers already
+/// running keep their addresses but lose the cluster.
+async fn leave(cfg: &AgentConfig, overlay: &Arc<Mutex<Overlay>>) -> Result<()> {
+    let config = overlay
+        .lock()
+        .map_err(|_| AgentError::Task("overlay lock poisoned".into()))?
+        .config()
+        .clone();
+    tokio::task::spawn_blocking(move || Overlay::teardown(&config))
+        .await
+        .map_err(|e| AgentError::Task(e.to_string()))??;
+    if let Err(e) = std::fs::remove_file(&cfg.host_file) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!(
+                "berth agent: removing the host file {}: {e}",
+                cfg.host_file.display()
+            );
+        }
+    }
+    Err(AgentError::Removed(cfg.name.clone()))
 }
 
 fn networks_dir(cfg: &AgentConfig) -> PathBuf {

@@ -980,6 +980,130 @@ fn a_filling_host_gets_a_second_block_and_its_containers_there_are_reached() {
     );
 }
 
+/// `berth cluster ARGS` as the admin, in the controller's namespace.
+fn admin(t: &Topology, ctl_dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", &t.ns("ctl"), BIN, "cluster"])
+        .args(args)
+        .args([
+            "--controller",
+            &format!("https://{}:7480", t.addr(1)),
+            "--dir",
+            ctl_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap()
+}
+
+/// `berth cluster hosts rm`: refused for an up host without --force; with it, the host
+/// leaves every other host's map, its agent stops and takes its overlay and host file
+/// away.
+#[test]
+fn a_removed_host_is_withdrawn_everywhere_and_its_agent_leaves() {
+    let _serial = serial();
+    let Some(mut t) = Topology::new("br") else {
+        return;
+    };
+    t.build(&["ctl", "h1", "h2"]);
+    let (ctl_dir, controller) = start_controller(&mut t, &["--cidr", "10.244.0.0/16"]);
+    join_agent(&mut t, "h1", 0, &controller, &ctl_dir, "200");
+    let h2_root = join_agent(&mut t, "h2", 1, &controller, &ctl_dir, "200");
+    let h2_agent = t.procs.len() - 1;
+    let route_to = |t: &Topology, block: &str| {
+        let o = Command::new("ip")
+            .args(["-n", &t.ns("h1"), "route", "show", block])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).contains("berth.vx")
+    };
+    let mut block = String::new();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let hosts = admin_get(&t, &ctl_dir, "hosts");
+            if let Some(h2) = hosts
+                .as_array()
+                .and_then(|a| a.iter().find(|h| h["name"] == "h2"))
+            {
+                block = h2["blocks"][0].as_str().unwrap_or("").to_string();
+            }
+            !block.is_empty() && route_to(&t, &block)
+        }),
+        "h1 has no route to h2's block: {}
+{}",
+        t.log("h1.log"),
+        t.log("h2.log")
+    );
+
+    let o = admin(&t, &ctl_dir, &["hosts", "rm", "h2"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("h2 is up"), "{err}");
+    assert!(route_to(&t, &block), "a refused removal withdrew the route");
+
+    let o = admin(&t, &ctl_dir, &["hosts", "rm", "--force", "h2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("removed host h2: blocks {block}")),
+        "{out}"
+    );
+    // Withdrawn on h1: route and VXLAN sender.
+    assert!(
+        eventually(Duration::from_secs(10), || !route_to(&t, &block)),
+        "h1 kept its route to the removed host: {}",
+        t.log("h1.log")
+    );
+    let set = Command::new("ip")
+        .args(["netns", "exec", &t.ns("h1"), "nft", "list", "set"])
+        .args(["inet", "berth_overlay", "hosts"])
+        .output()
+        .unwrap();
+    let set = String::from_utf8_lossy(&set.stdout);
+    assert!(
+        !set.contains(&t.addr(3)),
+        "h1 still accepts VXLAN from h2: {set}"
+    );
+    // h2's agent saw itself go: it stopped, with its overlay and host file.
+    let mut status = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            status = t.procs[h2_agent].try_wait().unwrap();
+            status.is_some()
+        }),
+        "h2's agent still runs after its host was removed: {}",
+        t.log("h2.log")
+    );
+    assert!(!status.unwrap().success());
+    assert!(
+        t.log("h2.log").contains("was removed from the cluster"),
+        "{}",
+        t.log("h2.log")
+    );
+    let dev = Command::new("ip")
+        .args(["-n", &t.ns("h2"), "link", "show", "berth.vx"])
+        .output()
+        .unwrap();
+    assert!(!dev.status.success(), "h2's VXLAN device is still there");
+    let table = Command::new("ip")
+        .args(["netns", "exec", &t.ns("h2"), "nft", "list", "table"])
+        .args(["inet", "berth_overlay"])
+        .output()
+        .unwrap();
+    assert!(
+        !table.status.success(),
+        "h2's nftables table is still there"
+    );
+    assert!(!h2_root.join("host.json").exists());
+    let hosts = admin_get(&t, &ctl_dir, "hosts");
+    let names: Vec<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["name"].as_str())
+        .collect();
+    assert_eq!(names, ["h1"], "{hosts}");
+}
+
 /// The engine tells the agent when a cluster-network container starts or goes: with a
 /// report period of a minute, the container still reaches the controller (and leaves it)
 /// within a few seconds, which only the notification can explain.

@@ -9,6 +9,7 @@
 //!                        [--name N] [--leader-lease-ms 5000]
 //! berth agent join --controller https://IP:PORT --ca-cert ca.crt --token-file F --underlay-ip IP
 //! berth cluster hosts|containers|status --controller URL --dir DIR [--format table|json]
+//! berth cluster hosts rm NAME [--force] --controller URL --dir DIR
 //! ```
 //!
 //! `init` writes into DIR: `join.token` (for agents), `ca.crt` (the cluster CA, for every
@@ -143,8 +144,8 @@ enum ControllerCmd {
 
 #[derive(Subcommand, Debug)]
 enum ClusterCmd {
-    /// Hosts: underlay address, blocks, state.
-    Hosts(View),
+    /// Hosts: underlay address, blocks, state; `hosts rm NAME` removes one.
+    Hosts(HostsArgs),
     /// Containers with their cluster addresses.
     Containers(View),
     /// Each host's applied revision against the controller's.
@@ -152,10 +153,35 @@ enum ClusterCmd {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct HostsArgs {
+    #[command(subcommand)]
+    cmd: Option<HostsCmd>,
+    #[command(flatten)]
+    view: View,
+}
+
+#[derive(Subcommand, Debug)]
+enum HostsCmd {
+    /// Remove a host from the cluster: its record, its blocks (free for other hosts) and
+    /// its containers' records; every other host withdraws its routes.
+    Rm {
+        name: String,
+        /// Also while the host is up: its agent is shut out and tears its overlay down.
+        #[arg(long, short)]
+        force: bool,
+        #[command(flatten)]
+        view: View,
+    },
+}
+
+#[derive(clap::Args, Debug)]
 struct View {
-    /// e.g. https://127.0.0.1:7480
+    /// e.g. https://127.0.0.1:7480; required.
+    // Checked when used, not by clap: `hosts` would otherwise demand it also before a
+    // `hosts rm`, which takes its own.
     #[arg(long, env = "BERTH_CONTROLLER")]
-    controller: String,
+    controller: Option<String>,
     /// The controller's directory (from `controller init`): its ca.crt, admin.crt and
     /// admin.key are used unless --ca-cert/--cert/--key say otherwise.
     #[arg(long, env = "BERTH_CLUSTER_DIR")]
@@ -411,11 +437,23 @@ async fn run(cmd: Top) -> Result<()> {
 }
 
 async fn cluster(c: ClusterCmd) -> Result<()> {
-    let (path, view) = match &c {
-        ClusterCmd::Hosts(v) => ("/v1/hosts", v),
-        ClusterCmd::Containers(v) => ("/v1/containers", v),
-        ClusterCmd::Status(v) => ("/v1/status", v),
+    let (method, path, view) = match &c {
+        ClusterCmd::Hosts(HostsArgs {
+            cmd: Some(HostsCmd::Rm { name, force, view }),
+            ..
+        }) => (
+            reqwest::Method::DELETE,
+            format!("/v1/hosts/{name}?force={force}"),
+            view,
+        ),
+        ClusterCmd::Hosts(h) => (reqwest::Method::GET, "/v1/hosts".into(), &h.view),
+        ClusterCmd::Containers(v) => (reqwest::Method::GET, "/v1/containers".into(), v),
+        ClusterCmd::Status(v) => (reqwest::Method::GET, "/v1/status".into(), v),
     };
+    let controller = view
+        .controller
+        .as_deref()
+        .context("no controller: give --controller URL or set BERTH_CONTROLLER")?;
     let file = |explicit: &Option<PathBuf>, name: &str| -> Result<String> {
         let path = match (explicit, &view.dir) {
             (Some(p), _) => p.clone(),
@@ -439,12 +477,12 @@ async fn cluster(c: ClusterCmd) -> Result<()> {
         }),
         reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)),
     )?;
-    let url = format!("{}{path}", view.controller.trim_end_matches('/'));
+    let url = format!("{}{path}", controller.trim_end_matches('/'));
     let resp = http
-        .get(&url)
+        .request(method, &url)
         .send()
         .await
-        .with_context(|| format!("contacting the controller at {}", view.controller))?;
+        .with_context(|| format!("contacting the controller at {controller}"))?;
     let code = resp.status();
     let v: serde_json::Value = resp
         .json()
@@ -458,6 +496,29 @@ async fn cluster(c: ClusterCmd) -> Result<()> {
     }
     let rows = |key: &str| v[key].as_array().cloned().unwrap_or_default();
     match (view.format.as_str(), &c) {
+        (
+            f,
+            ClusterCmd::Hosts(HostsArgs {
+                cmd: Some(HostsCmd::Rm { name, .. }),
+                ..
+            }),
+        ) => match f {
+            "json" => println!("{v}"),
+            "table" => println!(
+                "removed host {name}: blocks {}; {} container records",
+                v["host"]["blocks"]
+                    .as_array()
+                    .map(|b| {
+                        b.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default(),
+                v["containers"].as_array().map_or(0, |c| c.len())
+            ),
+            f => bail!("invalid --format {f:?}: table or json"),
+        },
         ("json", ClusterCmd::Hosts(_)) => rows("hosts").iter().for_each(|h| println!("{h}")),
         ("json", ClusterCmd::Containers(_)) => {
             rows("containers").iter().for_each(|h| println!("{h}"))
