@@ -9,6 +9,7 @@
 //! Layout: `mountinfo` (where the hierarchies are), `path` (cgroupsPath → cgroup path),
 //! `v1`/`v2` (what to write where), `fs` (file helpers with errors naming the file).
 
+mod devices_bpf;
 mod fs;
 pub mod mountinfo;
 pub mod path;
@@ -67,6 +68,12 @@ pub enum CgroupError {
     },
     #[error("freezing {}: unexpected state {state:?}", .path.display())]
     FreezerState { path: PathBuf, state: String },
+    #[error("{step} cgroup {}: {source}", .path.display())]
+    DeviceFilter {
+        step: String,
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,12 +89,11 @@ pub fn detect_mode() -> Result<CgroupMode, CgroupError> {
     Ok(mountinfo::detect_mode_from(&mountinfo::read_mountinfo()?))
 }
 
-/// Whether `devices` rules are enforced on cgroup v2. They need an eBPF program attached to
-/// the cgroup (BPF_CGROUP_DEVICE), which berth does not build yet: on v2, device rules are
-/// accepted and not enforced (device nodes in the container are still limited to those
-/// the spec creates). The runtime reports this in `features`.
+/// Whether `devices` rules are enforced on cgroup v2: yes, by an eBPF program attached to
+/// the cgroup (BPF_CGROUP_DEVICE, see `devices_bpf`). The runtime reports this in
+/// `features`.
 pub fn v2_devices_supported() -> bool {
-    false
+    true
 }
 
 /// The container's directory in one v1 hierarchy.

@@ -2,7 +2,8 @@
 //! do (cpu.shares → cpu.weight, memory+swap → swap alone, blkio weight → io.weight).
 //!
 //! Only unit-tested on file layouts here: on the development host every controller is bound
-//! to v1, so the cgroup2 mount has none.
+//! to v1, so the cgroup2 mount has none. The device filter (devices_bpf) is tested on that
+//! mount for real: eBPF programs attach to any cgroup2 directory.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -139,8 +140,11 @@ pub(super) fn set(dir: &Path, res: &LinuxResources) -> Result<(), CgroupError> {
             }
         }
     }
-    // Device rules: enforcing them on v2 needs a BPF_CGROUP_DEVICE program, not built yet
-    // (see `v2_devices_supported`). Accepted and not enforced, so specs written for v1 run.
+    // Device rules: v2 has no controller for them; an eBPF program attached to the
+    // cgroup decides (devices_bpf).
+    if let Some(rules) = res.devices().as_ref().filter(|r| !r.is_empty()) {
+        super::devices_bpf::apply(dir, rules)?;
+    }
     // Network class ids and priorities have no v2 controller (runc ignores them too).
     if let Some(u) = unified {
         // Last, so that explicit keys override the converted values (runc's order).
@@ -479,8 +483,8 @@ mod tests {
     use super::*;
     use crate::cgroups::tests::{read, touch, v2_fake};
     use oci_spec::runtime::{
-        LinuxBlockIoBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxHugepageLimitBuilder,
-        LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxThrottleDeviceBuilder,
+        LinuxBlockIoBuilder, LinuxCpuBuilder, LinuxHugepageLimitBuilder, LinuxMemoryBuilder,
+        LinuxPidsBuilder, LinuxResourcesBuilder, LinuxThrottleDeviceBuilder,
         LinuxWeightDeviceBuilder,
     };
     use std::collections::HashMap;
@@ -613,10 +617,8 @@ mod tests {
                 .limit(-1)
                 .build()
                 .unwrap()])
-            .devices(vec![LinuxDeviceCgroupBuilder::default()
-                .allow(false)
-                .build()
-                .unwrap()])
+            // No device rules: they attach an eBPF program, which needs a real cgroup
+            // (devices_bpf's tests).
             .unified(HashMap::from([(
                 "memory.high".to_string(),
                 "50000000".to_string(),
