@@ -55,6 +55,7 @@ fn init_serve_and_views() {
     };
     assert_eq!(mode("join.token"), 0o600);
     assert_eq!(mode("admin.key"), 0o600);
+    assert_eq!(mode("ca.seal"), 0o600);
     assert_eq!(mode("ca.crt"), 0o644);
     let (join, admin) = (
         std::fs::read_to_string(ctl.join("join.token")).unwrap(),
@@ -75,6 +76,21 @@ fn init_serve_and_views() {
     );
     let bad = run(&["controller", "init", "--dir", ctl_s, "--cidr", "10.1/x"]);
     assert_eq!(bad.status.code(), Some(125));
+    // The store alone, without the seal, can't serve: the CA's key stays shut.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    std::fs::copy(ctl.join("state.redb"), bare.join("state.redb")).unwrap();
+    let o = run(&[
+        "controller",
+        "serve",
+        "--dir",
+        bare.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("ca.seal") && err.contains("copy it"), "{err}");
 
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_cluster::controller::leader::LeaderConfig;
+use berth_cluster::controller::seal::Seal;
 use berth_cluster::controller::{api, pki, serve, state};
 use berth_cluster::model::Cluster;
 use berth_cluster::store::Store;
@@ -51,12 +52,16 @@ async fn controller() -> Ctl {
     .await
     .unwrap();
     let join_token = berth_cluster::controller::auth::random_token().unwrap();
-    assert!(api::init_secrets(store.as_ref(), &join_token)
+    let seal = Arc::new(Seal::generate().unwrap());
+    assert!(api::init_secrets(store.as_ref(), &join_token, &seal)
         .await
         .ok()
         .unwrap());
-    let ca = api::ca(store.as_ref()).await.ok().unwrap();
-    let admin = api::issue_admin(store.as_ref()).await.ok().unwrap();
+    let ca = api::ca(store.as_ref(), Some(&seal)).await.ok().unwrap();
+    let admin = api::issue_admin(store.as_ref(), Some(&seal))
+        .await
+        .ok()
+        .unwrap();
     let server_cert =
         pki::issue(&ca, "controller", pki::Role::Server(&["127.0.0.1".into()])).unwrap();
     let tls = berth_cluster::tls::server_config(
@@ -69,7 +74,7 @@ async fn controller() -> Ctl {
     let base = format!("https://{}", listener.local_addr().unwrap());
     let s = store.clone();
     let server = tokio::spawn(async move {
-        let _ = serve::serve(listener, s, tls, LeaderConfig::new("test")).await;
+        let _ = serve::serve(listener, s, tls, LeaderConfig::new("test"), Some(seal)).await;
     });
     Ctl {
         _h: h,
@@ -468,6 +473,30 @@ async fn the_admin_removes_a_host_and_its_certificate_stops_working() {
     // The freed block goes to the next host that joins.
     let (d, _) = c.join("d", 4).await;
     assert_eq!(d["host"]["blocks"][0], block.as_str());
+}
+
+/// The CA's key is in the store only sealed: without the seal, or with another one,
+/// nothing can be issued, and the errors say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_key_is_stored_sealed() {
+    let c = controller().await;
+    let raw = c.store.get(api::CA_KEY).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&raw.value);
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    assert!(text.contains("key_sealed"), "{text}");
+    let e = api::ca(c.store.as_ref(), None).await.err().unwrap();
+    assert!(e.message().contains("copy ca.seal"), "{}", e.message());
+    let other = Seal::generate().unwrap();
+    let e = api::ca(c.store.as_ref(), Some(&other)).await.err().unwrap();
+    assert!(e.message().contains("does not open"), "{}", e.message());
+    // The certificate alone needs no seal (for ca.crt).
+    assert!(api::ca_cert(c.store.as_ref())
+        .await
+        .ok()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+    // The controller's own seal works: a join is signed.
+    c.join("a", 1).await;
 }
 
 /// A client certificate from another CA fails the handshake; a client that doesn't

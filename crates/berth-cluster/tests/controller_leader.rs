@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_cluster::controller::leader::{self, LeaderConfig};
+use berth_cluster::controller::seal::Seal;
 use berth_cluster::controller::{api, auth, pki, serve, state};
 use berth_cluster::model::{Cluster, HostState};
 use berth_cluster::store::{election_prefix, Store};
@@ -99,12 +100,12 @@ async fn task_ctl(etcd: &EtcdServer, name: &str) -> TaskCtl {
     let base = format!("https://{}", listener.local_addr().unwrap());
     let mut config = LeaderConfig::new(name);
     config.lease = LEASE;
-    let ca = api::ca(store.as_ref()).await.ok().unwrap();
+    let ca = api::ca(store.as_ref(), Some(&seal())).await.ok().unwrap();
     let cert = pki::issue(&ca, name, pki::Role::Server(&["127.0.0.1".into()])).unwrap();
     let tls =
         berth_cluster::tls::server_config(&ca.cert_pem, &cert.cert_pem, &cert.key_pem).unwrap();
     let task = tokio::spawn(async move {
-        let _ = serve::serve(listener, store, tls, config).await;
+        let _ = serve::serve(listener, store, tls, config, Some(seal())).await;
     });
     TaskCtl {
         name: name.into(),
@@ -113,13 +114,20 @@ async fn task_ctl(etcd: &EtcdServer, name: &str) -> TaskCtl {
     }
 }
 
+/// The seal every controller of these tests shares, as controllers copy ca.seal.
+fn seal() -> Arc<Seal> {
+    static SEAL: std::sync::OnceLock<Arc<Seal>> = std::sync::OnceLock::new();
+    SEAL.get_or_init(|| Arc::new(Seal::generate().unwrap()))
+        .clone()
+}
+
 /// Initializes the cluster; the admin's client.
 async fn init_with_tokens(store: &dyn Store) -> reqwest::Client {
     state::init(store, &cluster()).await.unwrap();
     let join = auth::random_token().unwrap();
-    assert!(api::init_secrets(store, &join).await.ok().unwrap());
-    let ca = api::ca(store).await.ok().unwrap();
-    let admin = api::issue_admin(store).await.ok().unwrap();
+    assert!(api::init_secrets(store, &join, &seal()).await.ok().unwrap());
+    let ca = api::ca(store, Some(&seal())).await.ok().unwrap();
+    let admin = api::issue_admin(store, Some(&seal())).await.ok().unwrap();
     http(&ca.cert_pem, Some((&admin.cert_pem, &admin.key_pem)))
 }
 

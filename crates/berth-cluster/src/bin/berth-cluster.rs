@@ -12,7 +12,8 @@
 //! berth cluster hosts rm NAME [--force] --controller URL --dir DIR
 //! ```
 //!
-//! `init` writes into DIR: `join.token` (for agents), `ca.crt` (the cluster CA, for every
+//! `init` writes into DIR: `join.token` (for agents), `ca.seal` (the key that opens the CA's
+//! key in the store; every controller's DIR needs it), `ca.crt` (the cluster CA, for every
 //! host), and `admin.crt` + `admin.key` (the CLI's client certificate); secrets 0600.
 //!
 //! ```text
@@ -23,6 +24,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use berth_cluster::controller::seal::Seal;
 use berth_cluster::controller::{api, auth, leader, pki, serve, state};
 use berth_cluster::model::Cluster;
 use clap::{Parser, Subcommand};
@@ -221,6 +223,21 @@ fn main() {
     }
 }
 
+/// The CA key's seal in the controller's directory (see `controller::seal`).
+const SEAL_FILE: &str = "ca.seal";
+
+fn read_seal(dir: &Path) -> Result<Seal> {
+    let path = dir.join(SEAL_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading the CA key's seal {}: copy it from the directory of the controller \
+             that initialized the cluster",
+            path.display()
+        )
+    })?;
+    Seal::from_hex(&text).with_context(|| format!("reading {}", path.display()))
+}
+
 fn store_url(dir: &Path, store: Option<String>) -> String {
     store.unwrap_or_else(|| format!("file://{}", dir.join("state.redb").display()))
 }
@@ -259,10 +276,11 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
 /// the listen address, loopback, the hostname and `--san`.
 async fn serving_tls(
     store: &dyn berth_cluster::store::Store,
+    seal: Option<&Seal>,
     listen: std::net::IpAddr,
     san: Vec<String>,
 ) -> Result<std::sync::Arc<rustls::ServerConfig>> {
-    let ca = api::ca(store)
+    let ca = api::ca(store, seal)
         .await
         .map_err(|e| anyhow::anyhow!("reading the cluster CA: {}", e.message()))?;
     let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
@@ -308,13 +326,30 @@ async fn run(cmd: Top) -> Result<()> {
                 .with_context(|| format!("opening the store {url}"))?;
             let in_force = state::init(s.as_ref(), &cluster).await?;
             let join = auth::random_token()?;
-            let fresh = api::init_secrets(s.as_ref(), &join).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "writing the cluster's secrets to the store: {}",
-                    e.message()
-                )
-            })?;
+            // The CA key's seal: made here for a new cluster; for a cluster that exists
+            // (another controller's directory on the same etcd), the one copied in.
+            let seal_path = dir.join(SEAL_FILE);
+            let new_seal = if seal_path.exists() {
+                None
+            } else {
+                Some(Seal::generate()?)
+            };
+            let seal = match &new_seal {
+                Some(s) => s,
+                None => &read_seal(&dir)?,
+            };
+            let fresh = api::init_secrets(s.as_ref(), &join, seal)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "writing the cluster's secrets to the store: {}",
+                        e.message()
+                    )
+                })?;
             if fresh {
+                if let Some(seal) = &new_seal {
+                    write_secret(&seal_path, &seal.to_hex())?;
+                }
                 write_secret(&dir.join("join.token"), &join)?;
                 println!(
                     "cluster {} (blocks of /{}) created",
@@ -326,20 +361,29 @@ async fn run(cmd: Top) -> Result<()> {
                     in_force.cidr
                 );
             }
-            let ca = api::ca(s.as_ref())
+            let ca_pem = api::ca_cert(s.as_ref())
                 .await
                 .map_err(|e| anyhow::anyhow!("reading the cluster CA: {}", e.message()))?;
-            write_file(&dir.join("ca.crt"), &ca.cert_pem, 0o644)?;
+            write_file(&dir.join("ca.crt"), &ca_pem, 0o644)?;
             // Another controller's directory on the same etcd gets its own admin
             // certificate; an existing one is kept.
             if fresh || !dir.join("admin.crt").exists() {
-                let admin = api::issue_admin(s.as_ref()).await.map_err(|e| {
-                    anyhow::anyhow!("issuing the admin certificate: {}", e.message())
-                })?;
+                if !fresh && new_seal.is_some() {
+                    bail!(
+                        "the cluster already exists: copy {SEAL_FILE} from the directory of the \
+                         controller that initialized it into {} first",
+                        dir.display()
+                    );
+                }
+                let admin = api::issue_admin(s.as_ref(), Some(seal))
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("issuing the admin certificate: {}", e.message())
+                    })?;
                 write_secret(&dir.join("admin.key"), &admin.key_pem)?;
                 write_file(&dir.join("admin.crt"), &admin.cert_pem, 0o644)?;
             }
-            for f in ["join.token", "ca.crt", "admin.crt", "admin.key"] {
+            for f in ["join.token", SEAL_FILE, "ca.crt", "admin.crt", "admin.key"] {
                 println!("{f}: {}", dir.join(f).display());
             }
         }
@@ -356,11 +400,26 @@ async fn run(cmd: Top) -> Result<()> {
                 .await
                 .with_context(|| format!("opening the store {url}"))?;
             state::get_cluster(s.as_ref()).await?;
+            let seal = match read_seal(&dir) {
+                Ok(seal) => Some(seal),
+                // A cluster initialized before CA keys were sealed keeps working.
+                Err(e) => match api::ca(s.as_ref(), None).await {
+                    Ok(_) => {
+                        eprintln!(
+                            "berth controller: warning: the cluster CA's key is stored in the \
+                             clear (initialized by an older berth); anyone who can read the \
+                             store can issue certificates"
+                        );
+                        None
+                    }
+                    Err(_) => return Err(e),
+                },
+            };
             let l = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             let local = l.local_addr()?;
-            let tls = serving_tls(s.as_ref(), local.ip(), san).await?;
+            let tls = serving_tls(s.as_ref(), seal.as_ref(), local.ip(), san).await?;
             eprintln!("berth controller: serving on https://{local}");
             let name = match name {
                 Some(n) => n,
@@ -368,7 +427,7 @@ async fn run(cmd: Top) -> Result<()> {
             };
             let mut config = leader::LeaderConfig::new(name);
             config.lease = std::time::Duration::from_millis(leader_lease_ms);
-            serve::serve(l, s, tls, config).await?;
+            serve::serve(l, s, tls, config, seal.map(std::sync::Arc::new)).await?;
         }
         Top::Cluster(c) => cluster(c).await?,
         Top::Agent(AgentCmd::Join {

@@ -19,6 +19,7 @@ use serde_json::json;
 use super::auth::{self, Identity, Secrets};
 use super::leader;
 use super::pki::{self, CaMaterial};
+use super::seal::Seal;
 use super::serve::Peer;
 use super::state::{self, JoinInfo, StateError};
 use crate::model::{self, Container};
@@ -43,6 +44,19 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     /// The latest change to the map, which `status` measures hosts against.
     pub map_revision: Arc<super::map_revision::MapRevision>,
+    /// Opens the CA's key (see [`super::seal`]); None: this controller can't issue.
+    pub seal: Option<Arc<Seal>>,
+}
+
+/// The CA as the store keeps it: the key sealed, or (clusters initialized before keys
+/// were sealed) in the clear.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredCa {
+    cert_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_sealed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_pem: Option<String>,
 }
 
 /// An error as the API reports it.
@@ -159,8 +173,8 @@ async fn record_cert(store: &dyn Store, id: &Identity, fingerprint: &str) -> Api
 }
 
 /// Issues and records a certificate made here (the admin's, at `controller init`).
-pub async fn issue_admin(store: &dyn Store) -> ApiResult<pki::Issued> {
-    let ca = ca(store).await?;
+pub async fn issue_admin(store: &dyn Store, seal: Option<&Seal>) -> ApiResult<pki::Issued> {
+    let ca = ca(store, seal).await?;
     let issued = pki::issue(&ca, &Identity::Admin.record(), pki::Role::Client).map_err(internal)?;
     let fp = pki::pem_fingerprint(&issued.cert_pem)
         .ok_or_else(|| internal("reading back the admin certificate"))?;
@@ -168,8 +182,7 @@ pub async fn issue_admin(store: &dyn Store) -> ApiResult<pki::Issued> {
     Ok(issued)
 }
 
-/// The cluster CA from the store.
-pub async fn ca(store: &dyn Store) -> ApiResult<CaMaterial> {
+async fn stored_ca(store: &dyn Store) -> ApiResult<StoredCa> {
     let kv = store.get(CA_KEY).await?.ok_or_else(|| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -177,6 +190,40 @@ pub async fn ca(store: &dyn Store) -> ApiResult<CaMaterial> {
         )
     })?;
     serde_json::from_slice(&kv.value).map_err(|e| internal(format!("decoding {CA_KEY}: {e}")))
+}
+
+/// The cluster CA's certificate (no key needed).
+pub async fn ca_cert(store: &dyn Store) -> ApiResult<String> {
+    Ok(stored_ca(store).await?.cert_pem)
+}
+
+/// The cluster CA with its key, opened with `seal`.
+pub async fn ca(store: &dyn Store, seal: Option<&Seal>) -> ApiResult<CaMaterial> {
+    let stored = stored_ca(store).await?;
+    let key_pem = match (&stored.key_sealed, stored.key_pem, seal) {
+        (Some(sealed), _, Some(seal)) => {
+            let key = seal
+                .open(sealed)
+                .map_err(|e| internal(format!("opening the cluster CA's key: {e}")))?;
+            String::from_utf8(key)
+                .map_err(|_| internal("opening the cluster CA's key: not PEM text"))?
+        }
+        (Some(_), _, None) => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the cluster CA's key is sealed and this controller has no seal: copy \
+                 ca.seal from the directory of the controller that ran `controller init` \
+                 first"
+                    .into(),
+            ))
+        }
+        (None, Some(pem), _) => pem,
+        (None, None, _) => return Err(internal(format!("{CA_KEY} holds no key"))),
+    };
+    Ok(CaMaterial {
+        cert_pem: stored.cert_pem,
+        key_pem,
+    })
 }
 
 /// Agents may only act as themselves; the admin may act for anyone.
@@ -191,13 +238,19 @@ fn require_host(id: &Identity, host: &str) -> ApiResult<()> {
     }
 }
 
-/// Writes the join token's digest and a new CA (at `controller init`); nothing if the
-/// cluster already has them. True if they were written now.
-pub async fn init_secrets(store: &dyn Store, join_token: &str) -> ApiResult<bool> {
+/// Writes the join token's digest and a new CA, its key sealed with `seal` (at
+/// `controller init`); nothing if the cluster already has them. True if they were
+/// written now.
+pub async fn init_secrets(store: &dyn Store, join_token: &str, seal: &Seal) -> ApiResult<bool> {
     let s = Secrets {
         join_token_sha256: auth::digest(join_token),
     };
-    let ca = pki::new_ca().map_err(internal)?;
+    let new = pki::new_ca().map_err(internal)?;
+    let ca = StoredCa {
+        key_sealed: Some(seal.seal(new.key_pem.as_bytes()).map_err(internal)?),
+        cert_pem: new.cert_pem,
+        key_pem: None,
+    };
     let txn = Txn::new()
         .when(SECRETS_KEY, Condition::Absent)
         .when(CA_KEY, Condition::Absent)
@@ -270,7 +323,7 @@ async fn join(
     model::validate_host_name(&req.name)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let id = Identity::Host(req.name.clone());
-    let ca = ca(api.store.as_ref()).await?;
+    let ca = ca(api.store.as_ref(), api.seal.as_deref()).await?;
     let certificate = pki::sign_csr(&ca, &req.csr, &id.record())
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let host = state::join(
@@ -443,7 +496,7 @@ async fn renew_certificate(
             format!("only host {name} may renew its certificate"),
         ));
     }
-    let ca = ca(api.store.as_ref()).await?;
+    let ca = ca(api.store.as_ref(), api.seal.as_deref()).await?;
     let certificate = pki::sign_csr(&ca, &req.csr, &id.record())
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let fp = pki::pem_fingerprint(&certificate)

@@ -7,5 +7,6 @@ pub mod auth;
 pub mod leader;
 pub mod map_revision;
 pub mod pki;
+pub mod seal;
 pub mod serve;
 pub mod state;

@@ -39,11 +39,14 @@ const ORPHAN_PERIOD: Duration = Duration::from_secs(60);
 
 /// Serves HTTPS until the listener fails; the sweep runs alongside, while this
 /// controller leads.
+/// `seal` opens the CA's key, for joins and renewals (None: this controller can't issue
+/// certificates, and says so to whoever asks).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
     tls: Arc<rustls::ServerConfig>,
     leader: LeaderConfig,
+    seal: Option<Arc<super::seal::Seal>>,
 ) -> Result<(), ServeError> {
     let addr = listener
         .local_addr()
@@ -62,6 +65,7 @@ pub async fn serve(
     let app = api::router(Api {
         store,
         map_revision,
+        seal,
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
