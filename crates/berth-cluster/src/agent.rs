@@ -492,6 +492,22 @@ async fn leave(cfg: &AgentConfig, overlay: &Arc<Mutex<Overlay>>) -> Result<()> {
             );
         }
     }
+    // The engine's cluster network too, with its ranges of the old blocks, so a
+    // re-join starts from the new host file; refused while containers hold addresses.
+    let dir = networks_dir(cfg);
+    let removed = tokio::task::spawn_blocking(move || {
+        berth_net::Networks::open(&dir)?.remove(berth_engine::network::CLUSTER_NETWORK)
+    })
+    .await
+    .map_err(|e| AgentError::Task(e.to_string()))?;
+    match removed {
+        Ok(()) => eprintln!("berth agent: the engine's cluster network removed"),
+        Err(berth_net::Error::Store(berth_net::store::StoreError::NotFound(_))) => {}
+        Err(e) => eprintln!(
+            "berth agent: keeping the engine's cluster network: {e}; remove those \
+             containers before joining again (their addresses may be another host's now)"
+        ),
+    }
     Err(AgentError::Removed(cfg.name.clone()))
 }
 

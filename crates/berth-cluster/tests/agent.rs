@@ -1034,6 +1034,16 @@ fn a_removed_host_is_withdrawn_everywhere_and_its_agent_leaves() {
         t.log("h2.log")
     );
 
+    // A container on h2, still running when its host is removed.
+    let image = busybox_tar(t.dir());
+    let o = t.berth(
+        "h2",
+        &h2_root,
+        &["import", image.to_str().unwrap(), "busybox:c"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    start_on_cluster(&t, "h2", &h2_root, "stays");
+
     let o = admin(&t, &ctl_dir, &["hosts", "rm", "h2"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -1094,6 +1104,45 @@ fn a_removed_host_is_withdrawn_everywhere_and_its_agent_leaves() {
         "h2's nftables table is still there"
     );
     assert!(!h2_root.join("host.json").exists());
+    // The engine's cluster network stays while the container holds an address, and hands
+    // out no more: new containers, and the old one's restart, are refused.
+    assert!(
+        t.log("h2.log")
+            .contains("keeping the engine's cluster network"),
+        "{}",
+        t.log("h2.log")
+    );
+    let o = t.berth(
+        "h2",
+        &h2_root,
+        &[
+            "run",
+            "-d",
+            "--network",
+            "cluster",
+            "busybox:c",
+            "sleep",
+            "5",
+        ],
+    );
+    assert!(
+        !o.status.success(),
+        "a cluster container started on a removed host"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("has not joined a cluster"), "{err}");
+    assert!(t
+        .berth("h2", &h2_root, &["stop", "-t", "1", "stays"])
+        .status
+        .success());
+    let o = t.berth("h2", &h2_root, &["start", "stays"]);
+    assert!(
+        !o.status.success(),
+        "a cluster container restarted on a removed host"
+    );
+    // Removing it still works without the host file.
+    let o = t.berth("h2", &h2_root, &["rm", "-f", "stays"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let hosts = admin_get(&t, &ctl_dir, "hosts");
     let names: Vec<&str> = hosts
         .as_array()

@@ -145,10 +145,11 @@ pub fn get_or_default(
     }
     if let Ok(n) = nets.get(name) {
         if name == CLUSTER_NETWORK {
-            // Without a readable host file the network stays as it is.
-            if let Ok(h) = read_cluster_host(&cluster_host_file()) {
-                return Ok(sync_cluster_network(nets, &h)?.unwrap_or(n));
-            }
+            // No host file: the agent is not running here yet (after a reboot) or the
+            // host was removed from the cluster, whose blocks may be another host's by
+            // now. Either way no address of them may be handed out or plumbed.
+            let h = read_cluster_host(&cluster_host_file())?;
+            return Ok(sync_cluster_network(nets, &h)?.unwrap_or(n));
         }
         return Ok(n);
     }
