@@ -297,11 +297,23 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     };
     {
         let (cfg, host) = (cfg.clone(), host.clone());
-        tokio::task::spawn_blocking(move || {
+        let recorded = tokio::task::spawn_blocking(move || {
             crate::blocks::record(&cfg.host_file, &networks_dir(&cfg), &host)
         })
         .await
-        .map_err(|e| AgentError::Task(e.to_string()))??;
+        .map_err(|e| AgentError::Task(e.to_string()))?;
+        match recorded {
+            // Containers left from before this host was removed hold addresses of blocks
+            // it no longer has: the engine refuses cluster addresses until they are
+            // removed, and says so; the overlay serves the rest meanwhile.
+            Err(
+                e @ crate::blocks::BlocksError::Network {
+                    source: berth_engine::network::NetError::ClusterStale { .. },
+                    ..
+                },
+            ) => eprintln!("berth agent: {e}"),
+            other => other?,
+        }
     }
 
     // More blocks before these fill.

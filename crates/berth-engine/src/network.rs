@@ -40,6 +40,18 @@ pub enum NetError {
          the host's agent asks the controller for another block as they fill (see its log)"
     )]
     ClusterFull { host: String, blocks: String },
+    #[error(
+        "the cluster network has blocks {stale} that host {host} no longer owns (it was \
+         removed from the cluster and joined again); containers {owners} still hold \
+         addresses there: remove them so the network can be made again from the host's \
+         blocks {blocks}"
+    )]
+    ClusterStale {
+        host: String,
+        stale: String,
+        blocks: String,
+        owners: String,
+    },
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetError {
@@ -144,14 +156,17 @@ pub fn get_or_default(
         return Ok(nets.get(name)?);
     }
     if let Ok(n) = nets.get(name) {
-        if name == CLUSTER_NETWORK {
-            // No host file: the agent is not running here yet (after a reboot) or the
-            // host was removed from the cluster, whose blocks may be another host's by
-            // now. Either way no address of them may be handed out or plumbed.
-            let h = read_cluster_host(&cluster_host_file())?;
-            return Ok(sync_cluster_network(nets, &h)?.unwrap_or(n));
+        if name != CLUSTER_NETWORK {
+            return Ok(n);
         }
-        return Ok(n);
+        // No host file: the agent is not running here yet (after a reboot) or the host
+        // was removed from the cluster, whose blocks may be another host's by now.
+        // Either way no address of them may be handed out or plumbed.
+        let h = read_cluster_host(&cluster_host_file())?;
+        if let Some(n) = sync_cluster_network(nets, &h)? {
+            return Ok(n);
+        }
+        // Removed as stale: made again below from the host file.
     }
     let (req, host) = if name == CLUSTER_NETWORK {
         let h = read_cluster_host(&cluster_host_file())?;
@@ -280,10 +295,11 @@ fn cluster_request(h: &ClusterHost) -> Result<berth_net::CreateRequest, NetError
     })
 }
 
-/// Makes the cluster network of `nets` carry every block of `h` (a host's blocks only
-/// ever grow): adds the missing ones as ranges and, if the bridge exists, its gateway
-/// addresses and rules. Returns the network, or None when it does not exist yet (it is
-/// made from the host file, with every block, when a container first needs it).
+/// Makes the cluster network of `nets` carry every block of `h` (a live host's blocks
+/// only grow): adds the missing ones as ranges and, if the bridge exists, its gateway
+/// addresses and rules. Returns the network, or None when it does not exist (it is made
+/// from the host file, with every block, when a container first needs it), also when it
+/// was just removed for blocks the host no longer has.
 pub fn sync_cluster_network(
     nets: &Networks,
     h: &ClusterHost,
@@ -292,6 +308,33 @@ pub fn sync_cluster_network(
         return Ok(None);
     };
     let have = net.ranges();
+    // Blocks the host no longer has: it was removed from the cluster while its agent was
+    // away and joined again with new ones. The network goes if nothing uses it (it is
+    // made again from the host file); otherwise nothing may be allocated from it.
+    let stale: Vec<String> = have
+        .iter()
+        .filter(|r| !h.blocks.contains(&r.subnet))
+        .map(|r| r.subnet.to_string())
+        .collect();
+    if !stale.is_empty() {
+        return match nets.remove(CLUSTER_NETWORK) {
+            Ok(()) => Ok(None),
+            Err(berth_net::Error::Store(berth_net::store::StoreError::InUse {
+                owners, ..
+            })) => Err(NetError::ClusterStale {
+                host: h.name.clone(),
+                stale: stale.join(", "),
+                blocks: h
+                    .blocks
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                owners,
+            }),
+            Err(e) => Err(e.into()),
+        };
+    }
     if h.blocks.iter().all(|b| have.iter().any(|r| r.subnet == *b)) {
         return Ok(Some(net));
     }
@@ -553,6 +596,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("has not joined a cluster"), "{e}");
+    }
+
+    #[test]
+    fn blocks_the_host_lost_are_never_allocated_from() {
+        let d = tempfile::tempdir().unwrap();
+        // A table no one has (removing the network looks for its rules there).
+        let table = format!("berth_ut_stale_{}", std::process::id());
+        let nets = Networks::open_with_table(&d.path().join("nets"), &table).unwrap();
+        let old: ipnet::Ipv4Net = "10.244.0.0/29".parse().unwrap();
+        let new: ipnet::Ipv4Net = "10.244.0.16/29".parse().unwrap();
+        let mut h = ClusterHost {
+            name: "h1".into(),
+            blocks: vec![old],
+            cidr: "10.244.0.0/16".parse().unwrap(),
+            mtu: 1450,
+            notify: None,
+        };
+        let mut req = cluster_request(&h).unwrap();
+        req.bridge = Some("bt-nonexist1".into());
+        let net = nets.create(&req).unwrap();
+        nets.ipam(&net).allocate("c0ffee", None).unwrap();
+        // Removed from the cluster and joined again: another block.
+        h.blocks = vec![new];
+        let e = sync_cluster_network(&nets, &h).unwrap_err().to_string();
+        assert!(
+            e.contains("10.244.0.0/29") && e.contains("c0ffee") && e.contains("10.244.0.16/29"),
+            "{e}"
+        );
+        assert!(nets.get(CLUSTER_NETWORK).is_ok(), "removed while in use");
+        // Once nothing uses it, the network goes, to be made again from the host file.
+        nets.ipam(&net).release("c0ffee").unwrap();
+        assert_eq!(sync_cluster_network(&nets, &h).unwrap(), None);
+        assert!(nets.get(CLUSTER_NETWORK).is_err());
     }
 
     #[test]
