@@ -1004,7 +1004,7 @@ fn a_removed_host_is_withdrawn_everywhere_and_its_agent_leaves() {
     let Some(mut t) = Topology::new("br") else {
         return;
     };
-    t.build(&["ctl", "h1", "h2"]);
+    t.build(&["ctl", "h1", "h2", "h3"]);
     let (ctl_dir, controller) = start_controller(&mut t, &["--cidr", "10.244.0.0/16"]);
     join_agent(&mut t, "h1", 0, &controller, &ctl_dir, "200");
     let h2_root = join_agent(&mut t, "h2", 1, &controller, &ctl_dir, "200");
@@ -1140,9 +1140,6 @@ fn a_removed_host_is_withdrawn_everywhere_and_its_agent_leaves() {
         !o.status.success(),
         "a cluster container restarted on a removed host"
     );
-    // Removing it still works without the host file.
-    let o = t.berth("h2", &h2_root, &["rm", "-f", "stays"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let hosts = admin_get(&t, &ctl_dir, "hosts");
     let names: Vec<&str> = hosts
         .as_array()
@@ -1151,6 +1148,70 @@ fn a_removed_host_is_withdrawn_everywhere_and_its_agent_leaves() {
         .filter_map(|h| h["name"].as_str())
         .collect();
     assert_eq!(names, ["h1"], "{hosts}");
+
+    // h3 joins and gets the freed block; h2 joins again and gets another one, while
+    // "stays" still holds an address of its old block.
+    let h3_root = join_agent(&mut t, "h3", 2, &controller, &ctl_dir, "200");
+    let block_of = |root: &Path| -> Option<String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join("host.json")).ok()?).ok()?;
+        v["blocks"][0].as_str().map(String::from)
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || block_of(&h3_root).as_deref()
+            == Some(block.as_str())),
+        "h3 did not get the freed block {block}: {}",
+        t.log("h3.log")
+    );
+    join_agent(&mut t, "h2", 1, &controller, &ctl_dir, "200");
+    let mut again = None;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            again = block_of(&h2_root);
+            again.is_some()
+        }),
+        "h2 did not join again: {}",
+        t.log("h2.log")
+    );
+    let again = again.unwrap();
+    assert_ne!(again, block);
+    // Its engine hands out nothing while the old block's container is there...
+    assert!(
+        eventually(Duration::from_secs(10), || t
+            .log("h2.log")
+            .contains("no longer owns")),
+        "{}",
+        t.log("h2.log")
+    );
+    let o = t.berth(
+        "h2",
+        &h2_root,
+        &[
+            "run",
+            "-d",
+            "--network",
+            "cluster",
+            "busybox:c",
+            "sleep",
+            "5",
+        ],
+    );
+    assert!(
+        !o.status.success(),
+        "an address was handed out next to a stale block"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    let inspect = t.berth("h2", &h2_root, &["inspect", "stays"]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let id: String = v[0]["Id"].as_str().unwrap().chars().take(12).collect();
+    assert!(err.contains("no longer owns") && err.contains(&id), "{err}");
+    // ...and removing it (which works without a usable cluster network) lets the
+    // network be made again, from the new block only.
+    let o = t.berth("h2", &h2_root, &["rm", "-f", "stays"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let addr = run_on_cluster(&t, "h2", &h2_root, "fresh");
+    let prefix = again.trim_end_matches("0/24");
+    assert!(addr.starts_with(prefix), "{addr} not in {again}");
 }
 
 /// The engine tells the agent when a cluster-network container starts or goes: with a
