@@ -76,6 +76,20 @@ fn init_serve_and_views() {
     );
     let bad = run(&["controller", "init", "--dir", ctl_s, "--cidr", "10.1/x"]);
     assert_eq!(bad.status.code(), Some(125));
+    // A second controller's directory on the same store: its init needs the seal first.
+    let second = dir.path().join("second");
+    let store = format!("file://{}", ctl.join("state.redb").display());
+    let second_s = second.to_str().unwrap();
+    let o = run(&["controller", "init", "--dir", second_s, "--store", &store]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("copy ca.seal"), "{err}");
+    assert!(!second.join("admin.crt").exists());
+    std::fs::copy(ctl.join("ca.seal"), second.join("ca.seal")).unwrap();
+    let o = run(&["controller", "init", "--dir", second_s, "--store", &store]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(second.join("admin.crt").exists());
+    assert_eq!(std::fs::read_to_string(second.join("ca.crt")).unwrap(), ca);
     // The store alone, without the seal, can't serve: the CA's key stays shut.
     let bare = dir.path().join("bare");
     std::fs::create_dir(&bare).unwrap();

@@ -368,7 +368,10 @@ async fn run(cmd: Top) -> Result<()> {
             // Another controller's directory on the same etcd gets its own admin
             // certificate; an existing one is kept.
             if fresh || !dir.join("admin.crt").exists() {
-                if !fresh && new_seal.is_some() {
+                // (A cluster from before keys were sealed has its CA key in the clear
+                // and needs no seal.)
+                let sealed = api::ca(s.as_ref(), None).await.is_err();
+                if !fresh && new_seal.is_some() && sealed {
                     bail!(
                         "the cluster already exists: copy {SEAL_FILE} from the directory of the \
                          controller that initialized it into {} first",
