@@ -1,6 +1,7 @@
 """berth cluster benchmark (issue 5, item 9), driven by bench/cluster.sh.
 
-datapath: iperf3/ping across two namespace hosts: berth overlay, underlay, hand-built VXLAN.
+datapath: iperf3/ping across two namespace hosts: berth overlay, underlay, hand-built VXLAN,
+          and the hand-built VXLAN with berth's ruleset loaded for its rounds.
 converge: `berth run -d --network cluster` on h1 until a container on h2 gets a reply.
 scale:    a controller with RECORDS container records and WATCHERS watch streams.
 
@@ -64,6 +65,27 @@ def rfc3339_epoch(t):
     base, _, frac = t.rstrip("Z").partition(".")
     d = datetime.datetime.fromisoformat(base).replace(tzinfo=datetime.timezone.utc)
     return d.timestamp() + (float("0." + frac) if frac else 0.0)
+
+
+HAND_RULES = "hand-built + berth's rules"
+
+
+class HandRules:
+    """Loads `rules` ({namespace path: nft script}) for the duration of a `with`; flushes
+    those namespaces' rulesets after (the hand-built hosts have no other rules)."""
+
+    def __init__(self, rules):
+        self.rules = rules
+
+    def __enter__(self):
+        for ns, text in self.rules.items():
+            subprocess.run(["nsenter", f"--net={ns}", "nft", "-f", "-"], input=text,
+                           text=True, check=True, timeout=60)
+
+    def __exit__(self, *exc):
+        for ns in self.rules:
+            subprocess.run(["nsenter", f"--net={ns}", "nft", "flush", "ruleset"], check=True,
+                           timeout=60)
 
 
 def pct(v, p):
@@ -207,6 +229,20 @@ class Bench:
         finally:
             s.close()
 
+    def hand_rules(self):
+        """berth's ruleset as h1 and h2 have it, rewritten for ha and hb: their bridge,
+        blocks, cluster range and peer underlay address; counters cleared."""
+        scripts = {}
+        for src, dst, block, peer in (("h1", "ha", "10.250.1.0/24", "10.198.78.6"),
+                                      ("h2", "hb", "10.250.2.0/24", "10.198.78.5")):
+            text = out(["nsenter", f"--net={self.ns(src)}", "nft", "list", "ruleset"])
+            text = re.sub(r"counter packets \d+ bytes \d+", "counter", text)
+            text = text.replace('"berth-cl0"', '"br0"').replace("10.244.0.0/16", "10.250.0.0/16")
+            text = re.sub(r"10\.244\.\d+\.0/24", block, text)
+            text = re.sub(r"elements = \{ [0-9.]+ \}", f"elements = {{ {peer} }}", text)
+            scripts[self.ns(dst)] = text
+        return scripts
+
     def datapath(self):
         a = self.a
         ns1, ip1 = self.container("h1", "web")
@@ -223,13 +259,18 @@ class Bench:
             "berth overlay": (ns1, ns2, ip2),
             "hand-built vxlan": (self.ns("ca"), self.ns("cb"), "10.250.2.2"),
             "underlay": (self.ns("h1"), self.ns("h2"), "10.198.78.3"),
+            # The hand-built overlay again, with berth's ruleset loaded on ha/hb for its
+            # rounds only: what the rules alone cost.
+            HAND_RULES: (self.ns("ca"), self.ns("cb"), "10.250.2.2"),
         }
+        rules = self.hand_rules()
         print(f"\n# datapath, {a.label}: berth {ip1} (h1) -> {ip2} (h2); hand 10.250.1.2 (ha) -> 10.250.2.2 (hb); "
               f"underlay 10.198.78.2 -> .3; container mtu {a.mtu}; tx checksum offload "
               + ", ".join(f"{h} {'on' if v else 'off'}" for h, v in offl.items()), flush=True)
         self.servers = []
         try:
-            for _, srv, _ in paths.values():
+            # One server per namespace: both hand-built paths use cb's.
+            for srv in dict.fromkeys(srv for _, srv, _ in paths.values()):
                 self.iperf_server(srv)
             tput = {k: [] for k in paths}
             retr = {k: 0 for k in paths}
@@ -239,12 +280,14 @@ class Bench:
                 order = list(paths) if r % 2 == 0 else list(reversed(paths))
                 for k in order:
                     cli, _, addr = paths[k]
-                    g, rt = self.iperf(cli, addr)
+                    with HandRules(rules if k == HAND_RULES else {}):
+                        g, rt = self.iperf(cli, addr)
                     tput[k].append(g)
                     retr[k] += rt
                 for k in order:
                     cli, _, addr = paths[k]
-                    rtt[k] += self.ping(cli, addr)
+                    with HandRules(rules if k == HAND_RULES else {}):
+                        rtt[k] += self.ping(cli, addr)
                 print(f"# round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {tput[k][-1]:.2f}" for k in paths)
                       + " Gbit/s", flush=True)
             load("datapath end")
@@ -256,22 +299,26 @@ class Bench:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait(timeout=5)
-        b, h, u = (tput[k] for k in paths)
+        b, h, u, hr = (tput[k] for k in paths)
         print(f"\n## TCP throughput across two hosts, {a.label}; iperf3 1 stream, -t {a.secs} -O 1, "
               f"{a.rounds} rounds, client on CPU {self.cpus()[0]}, server on CPU {self.cpus()[1]}, Gbit/s")
-        print(f"{'path':<18} {'median':>8} {'min-max':>13} {'retr':>6}")
+        print(f"{'path':<26} {'median':>8} {'min-max':>13} {'retr':>6}")
         for k in paths:
             v = tput[k]
-            print(f"{k:<18} {statistics.median(v):>8.2f} {f'{min(v):.2f}-{max(v):.2f}':>13} {retr[k]:>6}")
+            print(f"{k:<26} {statistics.median(v):>8.2f} {f'{min(v):.2f}-{max(v):.2f}':>13} {retr[k]:>6}")
         print(f"# berth/hand {statistics.median(b) / statistics.median(h):.3f}x (paired "
               f"{statistics.median(x / y for x, y in zip(b, h)):.3f}x); berth/underlay "
               f"{statistics.median(b) / statistics.median(u):.3f}x; hand/underlay "
               f"{statistics.median(h) / statistics.median(u):.3f}x")
+        print(f"# hand+rules/hand {statistics.median(hr) / statistics.median(h):.3f}x (paired "
+              f"{statistics.median(x / y for x, y in zip(hr, h)):.3f}x); berth/(hand+rules) "
+              f"{statistics.median(b) / statistics.median(hr):.3f}x (paired "
+              f"{statistics.median(x / y for x, y in zip(b, hr)):.3f}x)")
         print(f"\n## ICMP round trip, busybox ping -c 50 -i 0.01 per round, ms")
-        print(f"{'path':<18} {'median':>8} {'p90':>8} {'received':>9}")
+        print(f"{'path':<26} {'median':>8} {'p90':>8} {'received':>9}")
         for k in paths:
             v = rtt[k]
-            print(f"{k:<18} {statistics.median(v) if v else float('nan'):>8.3f} "
+            print(f"{k:<26} {statistics.median(v) if v else float('nan'):>8.3f} "
                   f"{pct(v, 90) if v else float('nan'):>8.3f} {len(v):>5}/{50 * a.rounds}")
         if rtt["berth overlay"] and rtt["hand-built vxlan"]:
             print(f"# berth/hand median RTT {statistics.median(rtt['berth overlay']) / statistics.median(rtt['hand-built vxlan']):.3f}x")

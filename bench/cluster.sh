@@ -4,7 +4,9 @@
 #     across two namespace hosts on berth's overlay (`--network cluster`, agents with their
 #     default --checksum-offload auto), vs the underlay between the same two hosts, vs the
 #     same VXLAN overlay built by hand with `ip` (flannel-style static fdb/neigh/route)
-#     with the same TX checksum offload setting; then again with offload off on both;
+#     with the same TX checksum offload setting, and vs that hand-built overlay with
+#     berth's ruleset loaded for its rounds (what the rules alone cost); then again with
+#     offload off on both;
 #  2. convergence: from `berth run -d --network cluster` on host A until a container on
 #     host B gets its first ICMP reply from the new container (address learnt from the
 #     controller's watch stream), N containers (N=100 default), with the engine's
