@@ -121,14 +121,7 @@ pub fn record(host_file: &Path, networks_dir: &Path, h: &ClusterHost) -> Result<
     Ok(())
 }
 
-/// "10.244.0.0/24, 10.244.3.0/24", for messages.
-pub fn blocks_text(blocks: &[Ipv4Net]) -> String {
-    blocks
-        .iter()
-        .map(|b| b.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+pub use berth_engine::network::blocks_text;
 
 #[cfg(test)]
 mod tests {

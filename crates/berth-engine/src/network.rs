@@ -284,6 +284,15 @@ pub fn read_cluster_host(path: &Path) -> Result<ClusterHost, NetError> {
     Ok(h)
 }
 
+/// "10.244.0.0/24, 10.244.3.0/24", for messages.
+pub fn blocks_text(blocks: &[ipnet::Ipv4Net]) -> String {
+    blocks
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn cluster_request(h: &ClusterHost) -> Result<berth_net::CreateRequest, NetError> {
     Ok(berth_net::CreateRequest {
         name: CLUSTER_NETWORK.into(),
@@ -311,10 +320,10 @@ pub fn sync_cluster_network(
     // Blocks the host no longer has: it was removed from the cluster while its agent was
     // away and joined again with new ones. The network goes if nothing uses it (it is
     // made again from the host file); otherwise nothing may be allocated from it.
-    let stale: Vec<String> = have
+    let stale: Vec<ipnet::Ipv4Net> = have
         .iter()
-        .filter(|r| !h.blocks.contains(&r.subnet))
-        .map(|r| r.subnet.to_string())
+        .map(|r| r.subnet)
+        .filter(|s| !h.blocks.contains(s))
         .collect();
     if !stale.is_empty() {
         return match nets.remove(CLUSTER_NETWORK) {
@@ -323,13 +332,8 @@ pub fn sync_cluster_network(
                 owners, ..
             })) => Err(NetError::ClusterStale {
                 host: h.name.clone(),
-                stale: stale.join(", "),
-                blocks: h
-                    .blocks
-                    .iter()
-                    .map(|b| b.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                stale: blocks_text(&stale),
+                blocks: blocks_text(&h.blocks),
                 owners,
             }),
             Err(e) => Err(e.into()),

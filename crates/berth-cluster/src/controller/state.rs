@@ -336,12 +336,7 @@ pub async fn put_container(
             id: c.id.clone(),
             addr: c.addr,
             host: caller.to_string(),
-            blocks: host
-                .blocks
-                .iter()
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            blocks: berth_engine::network::blocks_text(&host.blocks),
         });
     }
     let key = model::container_key(&c.id);
